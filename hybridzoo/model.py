@@ -34,10 +34,14 @@ def _probe_feature_dim(backbone: nn.Module, input_size: tuple[int, int, int]) ->
     return int(width)
 
 
-def _preprocessing(backbone: nn.Module, in_chans: int, overrides: dict | None) -> dict:
-    """timm-style preprocessing config: the backbone's defaults, adapted to ``in_chans``, then ``overrides``."""
+def _preprocessing(backbone: nn.Module, backbone_kwargs: dict, overrides: dict | None) -> dict:
+    """timm-style preprocessing config: the backbone's defaults, adapted to the ``in_chans`` and ``img_size``
+    it was built with (timm leaves its ``pretrained_cfg`` at the defaults), then ``overrides``."""
     cfg = {k: backbone.pretrained_cfg[k] for k in PREPROCESSING_KEYS if k in backbone.pretrained_cfg}
-    cfg["input_size"] = (in_chans, *cfg.get("input_size", (3, 224, 224))[1:])
+    in_chans = int(backbone_kwargs.get("in_chans", 3))
+    img_size = backbone_kwargs.get("img_size")
+    spatial = cfg.get("input_size", (3, 224, 224))[1:] if img_size is None else timm.layers.to_2tuple(img_size)
+    cfg["input_size"] = (in_chans, *spatial)
     for key in ("mean", "std"):
         # ImageNet statistics are per RGB channel; another channel count gets their average per channel.
         values = tuple(cfg.get(key, (0.5,) * in_chans))
@@ -72,7 +76,7 @@ class HybridModel(nn.Module):
             raise ValueError(f"unknown timm backbone {backbone!r}: see timm.list_models() for the names") from None
         self.in_chans = int(self.backbone_kwargs.get("in_chans", 3))
         self._preprocessing_overrides = dict(preprocessing or {})
-        self.pretrained_cfg = _preprocessing(self.backbone, self.in_chans, self._preprocessing_overrides)
+        self.pretrained_cfg = _preprocessing(self.backbone, self.backbone_kwargs, self._preprocessing_overrides)
         self.feature_dim = _probe_feature_dim(self.backbone, self.pretrained_cfg["input_size"])
         self.head = ProjectionHead(self.feature_dim, **head)
 
@@ -103,6 +107,11 @@ class HybridModel(nn.Module):
                          f"the model with in_chans={images.shape[1]}")
             raise ImageInputError(f"{self.name} expects {self.in_chans} input channel(s); got images of shape "
                                   f"{tuple(images.shape)}: {hint}")
+        expected_size = tuple(self.pretrained_cfg["input_size"][1:])
+        if self.pretrained_cfg.get("fixed_input_size") and tuple(images.shape[2:]) != expected_size:
+            raise ImageInputError(f"{self.name} takes images of exactly {expected_size[0]}x{expected_size[1]} pixels; "
+                                  f"got {tuple(images.shape[2:])}: resize with hybridzoo.create_transform(model), "
+                                  f"or build the model with img_size={images.shape[2]}")
         if not images.is_floating_point():
             raise ImageInputError(f"{self.name} takes float images normalised with mean {self.pretrained_cfg['mean']}"
                                   f" and std {self.pretrained_cfg['std']}; got dtype {images.dtype}: use "

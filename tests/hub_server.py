@@ -14,6 +14,8 @@ download files or whole snapshots, without any network access:
 * ``POST /api/{type}s/{repo_id}/commit/{rev}``              (create_commit, ndjson payload)
 * ``POST|DELETE /api/{type}s/{repo_id}/branch/{branch}``    (create_branch / delete_branch)
 * ``POST|DELETE /api/{type}s/{repo_id}/tag/{rev_or_tag}``   (create_tag / delete_tag)
+* ``POST /api/{type}s/{repo_id}/discussions``, ``GET .../discussions/{num}``
+                                                            (create_pull_request / create_discussion)
 * ``POST /api/validate-yaml``, ``GET /api/whoami-v2``
 * ``HEAD|GET [/{type}s]/{repo_id}/resolve/{rev}/{path}``    (hf_hub_download, with Range support)
 
@@ -26,6 +28,13 @@ Storage lives under the ``root`` directory given to :class:`HubServer`::
 
     root/<type>s/<namespace>--<name>/repo.json      refs, commits and trees (JSON)
     root/<type>s/<namespace>--<name>/objects/<oid>  file contents, by git blob sha1
+
+Like on the Hub, a new repo gets an "initial commit" on ``main`` holding a ``.gitattributes``
+file, and ``create_repo("name")`` without a namespace lands in ``HubServer.username`` ("user").
+
+Pull requests: ``create_pr=True`` works both ways the client does it (``?create_pr=1`` on the
+commit endpoint, or ``create_pull_request`` then commits to ``refs/pr/<num>``); PR heads are
+downloadable with ``revision="refs/pr/<num>"``. PRs cannot be merged.
 
 Errors carry the Hub's ``X-Error-Code`` header (``RepoNotFound``, ``RevisionNotFound``,
 ``EntryNotFound``) so the client raises its typed exceptions. Any bearer token is
@@ -57,10 +66,12 @@ API_REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space", "
 # Optional URL prefix of non-model repos in /resolve/ URLs (models have no prefix).
 RESOLVE_PREFIXES = {"datasets": "dataset", "spaces": "space", "kernels": "kernel"}
 # Words that can follow a repo id in /api/{type}s/{repo_id}/<action>/... routes.
-API_ACTIONS = {"revision", "tree", "refs", "preupload", "commit", "paths-info", "commits", "branch", "tag"}
+API_ACTIONS = {
+    "revision", "tree", "refs", "preupload", "commit", "paths-info", "commits", "branch", "tag", "discussions"
+}
 
 DEFAULT_BRANCH = "main"
-COMMIT_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+PR_REF_RE = re.compile(r"^refs/pr/(\d+)$")
 SHORT_SHA_RE = re.compile(r"^[0-9a-f]{7,40}$")
 
 # Content of the `.gitattributes` file of the initial commit, as on the real Hub.
@@ -146,6 +157,7 @@ class RepoStore:
 
         {"id": "user/name", "type": "model", "private": false, "createdAt": "...",
          "branches": {"main": "<sha>"}, "tags": {},
+         "pulls": {"1": {"title": "...", "base": "main", "head": "<sha>", ...}},
          "commits": {"<sha>": {"parents": [...], "title": "...", "message": "...",
                                 "date": "...", "tree": {"path": ["<blob oid>", size]}}}}
 
@@ -170,7 +182,9 @@ class RepoStore:
         path = self.repo_dir(repo_type, repo_id) / "repo.json"
         if not path.is_file():
             raise repo_not_found(repo_id)
-        return json.loads(path.read_text())
+        repo = json.loads(path.read_text())
+        repo.setdefault("pulls", {})
+        return repo
 
     def save(self, repo: dict) -> None:
         path = self.repo_dir(repo["type"], repo["id"]) / "repo.json"
@@ -187,6 +201,7 @@ class RepoStore:
             "createdAt": now_iso(),
             "branches": {},
             "tags": {},
+            "pulls": {},
             "commits": {},
         }
         oid = self.put_blob(repo, INITIAL_GITATTRIBUTES)
@@ -236,7 +251,10 @@ class RepoStore:
 
     @staticmethod
     def resolve(repo: dict, revision: str) -> str:
-        """Revision (branch, tag, full or short commit sha) -> commit sha."""
+        """Revision (branch, tag, 'refs/pr/<num>', full or short commit sha) -> commit sha."""
+        pr_match = PR_REF_RE.match(revision)
+        if pr_match and (repo["pulls"].get(pr_match.group(1)) or {}).get("head"):
+            return repo["pulls"][pr_match.group(1)]["head"]
         revision = revision.removeprefix("refs/heads/").removeprefix("refs/tags/")
         if revision in repo["branches"]:
             return repo["branches"][revision]
@@ -561,9 +579,12 @@ class HubServer:
         if method == "POST" and action == "preupload":
             return self._preupload(repo, arg, json.loads(body or b"{}"))
         if method == "POST" and action == "commit":
-            if query.get("create_pr", ["0"])[0] not in ("0", "false", ""):
-                raise HubError(400, "Pull requests are not supported by the test Hub server")
-            return self._commit(repo, arg, body)
+            create_pr = query.get("create_pr", ["0"])[0].lower() not in ("0", "false", "")
+            return self._commit(repo, arg, body, create_pr)
+        if action == "discussions" and method == "POST" and len(tail) == 1:
+            return self._create_discussion(repo, json.loads(body or b"{}"))
+        if action == "discussions" and method == "GET" and len(tail) == 2:
+            return self._discussion_details(repo, tail[1])
         if action == "branch" and method in ("POST", "DELETE"):
             if method == "POST":
                 return self._create_branch(repo, arg, json.loads(body or b"{}"))
@@ -680,7 +701,11 @@ class HubServer:
                 "branches": refs("heads", repo["branches"]),
                 "tags": refs("tags", repo["tags"]),
                 "converts": [],
-                "pullRequests": [],
+                "pullRequests": [
+                    {"name": f"refs/pr/{num}", "ref": f"refs/pr/{num}", "targetCommit": pr["head"]}
+                    for num, pr in sorted(repo["pulls"].items(), key=lambda item: int(item[0]))
+                    if pr["head"]
+                ],
             }
         )
 
@@ -737,15 +762,26 @@ class HubServer:
 
     # -- write endpoints
 
-    def _branch_head(self, repo: dict, branch: str) -> str:
-        """Head commit of a branch; commits/uploads must target an existing branch."""
-        if branch not in repo["branches"]:
-            raise revision_not_found(branch)
-        return repo["branches"][branch]
+    def _branch_head(self, repo: dict, ref: str) -> str:
+        """Head commit of a branch or open PR ref; commits/uploads must target one of those."""
+        pr_match = PR_REF_RE.match(ref)
+        if pr_match and (repo["pulls"].get(pr_match.group(1)) or {}).get("head"):
+            return repo["pulls"][pr_match.group(1)]["head"]
+        if ref not in repo["branches"]:
+            raise revision_not_found(ref)
+        return repo["branches"][ref]
+
+    def _set_head(self, repo: dict, ref: str, sha: str) -> None:
+        pr_match = PR_REF_RE.match(ref)
+        if pr_match:
+            repo["pulls"][pr_match.group(1)]["head"] = sha
+        else:
+            repo["branches"][ref] = sha
 
     def _preupload(self, repo: dict, revision: str, payload: dict) -> Response:
         """Tell the client to send every file inline ("regular"), never via LFS/Xet."""
-        tree = repo["commits"][self._branch_head(repo, revision)]["tree"]
+        head = self._branch_head(repo, revision)
+        tree = repo["commits"][head]["tree"]
         files = []
         for item in payload.get("files", []):
             path = item["path"]
@@ -758,20 +794,25 @@ class HubServer:
                     "oid": existing[0] if existing else None,  # lets the client skip unchanged files
                 }
             )
-        return Response.json({"files": files, "commitOid": repo["branches"][revision]})
+        return Response.json({"files": files, "commitOid": head})
 
-    def _commit(self, repo: dict, branch: str, body: bytes) -> Response:
-        """Apply an ndjson commit payload (header, file, deletedFile, deletedFolder) to a branch."""
-        head = self._branch_head(repo, branch)
+    def _commit(self, repo: dict, ref: str, body: bytes, create_pr: bool = False) -> Response:
+        """Apply an ndjson commit payload (header, file, deletedFile, deletedFolder) to a branch or PR.
+
+        With `create_pr`, a pull request is opened against branch `ref` and the commit goes to it.
+        """
+        items = [json.loads(line) for line in body.splitlines() if line.strip()]
+        header = next((item.get("value", {}) for item in items if item.get("key") == "header"), {})
+        head = self._branch_head(repo, ref)
+        parent_commit = header.get("parentCommit")
+        if parent_commit and not head.startswith(parent_commit):
+            raise HubError(412, "A commit has happened since. Please refresh and try again.")
+
         tree = dict(repo["commits"][head]["tree"])
-        header: dict = {}
-        for line in body.splitlines():
-            if not line.strip():
-                continue
-            item = json.loads(line)
+        for item in items:
             key, value = item.get("key"), item.get("value", {})
             if key == "header":
-                header = value
+                continue
             elif key == "file":
                 self._apply_file(repo, tree, value)
             elif key == "deletedFile":
@@ -787,19 +828,21 @@ class HubServer:
             else:
                 raise HubError(400, f"Unknown commit operation: {key!r}")
 
-        parent_commit = header.get("parentCommit")
-        if parent_commit and not head.startswith(parent_commit):
-            raise HubError(412, "A commit has happened since. Please refresh and try again.")
-
+        pr_url = None
+        if create_pr:
+            if ref not in repo["branches"]:
+                raise revision_not_found(ref)
+            num = self._open_pull_request(repo, header.get("summary", ""), header.get("description", ""), ref)
+            ref, pr_url = f"refs/pr/{num}", self._discussion_url(repo, num)
         sha = self.store.add_commit(repo, head, tree, header.get("summary", ""), header.get("description", ""))
-        repo["branches"][branch] = sha
+        self._set_head(repo, ref, sha)
         self.store.save(repo)
         return Response.json(
             {
                 "success": True,
                 "commitOid": sha,
                 "commitUrl": f"{self._repo_url(repo['type'], repo['id'])}/commit/{sha}",
-                "pullRequestUrl": None,
+                "pullRequestUrl": pr_url,
                 "hookOutput": "",
             }
         )
@@ -849,3 +892,47 @@ class HubServer:
         del repo["tags"][tag]
         self.store.save(repo)
         return Response.json({})
+
+    # -- pull requests and discussions
+
+    def _discussion_url(self, repo: dict, num: str) -> str:
+        return f"{self._repo_url(repo['type'], repo['id'])}/discussions/{num}"
+
+    def _open_pull_request(self, repo: dict, title: str, description: str, base: str | None) -> str:
+        """Record a discussion (a pull request if `base` is a branch) and return its number."""
+        num = str(len(repo["pulls"]) + 1)
+        repo["pulls"][num] = {
+            "title": title,
+            "description": description,
+            "createdAt": now_iso(),
+            "status": "open",
+            "base": base,
+            "head": repo["branches"][base] if base else None,  # a PR starts at its base branch head
+        }
+        return num
+
+    def _create_discussion(self, repo: dict, payload: dict) -> Response:
+        base = DEFAULT_BRANCH if payload.get("pullRequest") else None
+        num = self._open_pull_request(repo, payload.get("title", ""), payload.get("description", ""), base)
+        self.store.save(repo)
+        return Response.json({"num": int(num), "url": self._discussion_url(repo, num)})
+
+    def _discussion_details(self, repo: dict, num: str) -> Response:
+        pull = repo["pulls"].get(num)
+        if pull is None:
+            raise HubError(404, f"Discussion not found: {num}")
+        return Response.json(
+            {
+                "num": int(num),
+                "title": pull["title"],
+                "status": pull["status"],
+                "createdAt": pull["createdAt"],
+                "author": {"name": self.username},
+                "repo": {"name": repo["id"], "type": repo["type"]},
+                "isPullRequest": pull["base"] is not None,
+                "events": [],
+                "changes": {"base": f"refs/heads/{pull['base']}"} if pull["base"] else {},
+                "filesWithConflicts": [],
+                "diff": "",
+            }
+        )

@@ -17,7 +17,6 @@ import json
 import os
 import random
 import re
-import socket
 import subprocess
 import sys
 import textwrap
@@ -47,40 +46,13 @@ from huggingface_hub.utils.sha import git_hash
 sys.path.insert(0, str(Path(__file__).parent))
 from hub_server import HubServer  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("isolated_hf")
+
 REPO = "user/tiny-model"
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
-LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(autouse=True)
-def isolated_hf(monkeypatch, tmp_path):
-    """Keep huggingface_hub away from the internet and from ~/.cache."""
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)  # else: GET huggingface.co/api/agent-harnesses
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf_home" / "token"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # hf_xet writes its logs there
-
-    blocked: list[str] = []
-    real_getaddrinfo = socket.getaddrinfo
-
-    def local_only_getaddrinfo(host, *args, **kwargs):
-        if host not in LOCAL_HOSTS:
-            blocked.append(host)
-            raise OSError(f"Network access disabled in tests (host: {host})")
-        return real_getaddrinfo(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", local_only_getaddrinfo)
-    yield
-    assert blocked == [], f"huggingface_hub tried to reach non-local hosts: {blocked}"
-
-
-@pytest.fixture
-def hub(tmp_path):
-    with HubServer(tmp_path / "hub") as server:
-        yield server
 
 
 @pytest.fixture
@@ -233,6 +205,30 @@ def test_branches_tags_and_create_commit(api, hub, model_folder, cache_dir):
 
     with pytest.raises(RevisionNotFoundError):
         api.upload_file(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id=REPO, revision="no-such-branch")
+
+
+def test_pull_requests(api, hub, model_folder, cache_dir):
+    api.create_repo(REPO)
+    base = api.upload_folder(repo_id=REPO, folder_path=model_folder)
+
+    # upload_folder(create_pr=True): create_pull_request, then commits pushed to refs/pr/1.
+    (model_folder / "config.json").write_text('{"hidden_size": 16}')
+    via_folder = api.upload_folder(repo_id=REPO, folder_path=model_folder, create_pr=True)
+    assert via_folder.pr_num == 1 and via_folder.pr_revision == "refs/pr/1"
+    # create_commit(create_pr=True): a single commit with ?create_pr=1.
+    via_commit = api.create_commit(
+        REPO, operations=[CommitOperationAdd("pr.txt", b"pr")], commit_message="pr", create_pr=True
+    )
+    assert via_commit.pr_num == 2
+
+    assert api.model_info(REPO).sha == base.oid  # main untouched
+    assert json.loads(download(hub, cache_dir, "config.json", "refs/pr/1")) == {"hidden_size": 16}
+    assert download(hub, cache_dir, "pr.txt", "refs/pr/2") == b"pr"
+    refs = api.list_repo_refs(REPO, include_pull_requests=True)
+    assert [(r.ref, r.target_commit) for r in refs.pull_requests] == [
+        ("refs/pr/1", via_folder.oid),
+        ("refs/pr/2", via_commit.oid),
+    ]
 
 
 def test_errors_map_to_client_exceptions(api, hub, model_folder, cache_dir):
