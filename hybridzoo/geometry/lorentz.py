@@ -78,12 +78,21 @@ class Lorentz(CurvedGeometry):
 
     @full_precision
     def pairwise_distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """(N, D+1), (M, D+1) -> (N, M): d = acosh(-c⟨a, b⟩_L)/√c, one matmul plus elementwise acosh."""
-        c = self._c(a)
-        z = -c * self.inner(a, b)
-        # -c⟨a,b⟩_L ≥ 1 in exact arithmetic; rounding pushes coincident points below 1 where acosh is NaN, and
-        # acosh has an infinite slope at 1. A floor a few ulps above 1 keeps values and gradients finite.
-        return torch.acosh(z.clamp_min(1 + self._eps(z))) / c.sqrt()
+        """(N, D+1), (M, D+1) -> (N, M), one matmul plus elementwise work, in the near-point-accurate form
+        d = (2/√c) asinh((√c/2) sqrt(q)) with q = ⟨a-b, a-b⟩_L = ‖a_s - b_s‖² - (a₀ - b₀)².
+
+        The textbook acosh(-c⟨a, b⟩_L) cancels at the scale of 1/c and cannot resolve distances below ~1e-3 in
+        fp32; expanding only the space part, ‖a_s‖² + ‖b_s‖² - 2 a_s·b_s, cancels at the scale of the points'
+        norms, so points near the origin (where α and clipping keep them) keep their fine structure.
+        """
+        sqrt_c = self._c(a).sqrt()
+        a_space, b_space = a[:, 1:], b[:, 1:]
+        space_sq = (a_space.square().sum(-1, keepdim=True) + b_space.square().sum(-1)[None, :]
+                    - 2 * a_space @ b_space.T)
+        q = space_sq - (a[:, :1] - b[:, 0][None, :]).square()
+        # q ≥ 0 in exact arithmetic; rounding can make it negative, and sqrt has an infinite slope at 0: the floor
+        # keeps coincident points (identical views) at a finite value and gradient.
+        return 2 / sqrt_c * torch.asinh(sqrt_c / 2 * q.clamp_min(_SQ_NORM_EPS).sqrt())
 
     @full_precision
     def to_poincare(self, x: torch.Tensor) -> torch.Tensor:

@@ -61,12 +61,20 @@ class Sphere(CurvedGeometry):
 
     @full_precision
     def pairwise_distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """(N, D+1), (M, D+1) -> (N, M): d = acos(c⟨a, b⟩)/√c, one matmul plus elementwise acos."""
-        c = self._c(a)
-        eps = self._eps(a)
-        # acos is NaN outside [-1, 1] (rounding leaves it) and has infinite slope at ±1 (identical or antipodal
-        # points): clamp a few ulps inside.
-        return torch.acos((c * self.inner(a, b)).clamp(-1 + eps, 1 - eps)) / c.sqrt()
+        """(N, D+1), (M, D+1) -> (N, M), one matmul plus elementwise work, from the chord like :meth:`distance`:
+        ‖a - b‖² = ‖a_s - b_s‖² + (a₀ - b₀)², with only the space part expanded.
+
+        acos(c⟨a, b⟩) cancels at the scale of 1/c and cannot resolve distances below ~1e-3 in fp32; expanding the
+        space part cancels at the scale of the points' offsets from the origin.
+        """
+        sqrt_c = self._c(a).sqrt()
+        a_space, b_space = a[:, 1:], b[:, 1:]
+        chord_sq = (a_space.square().sum(-1, keepdim=True) + b_space.square().sum(-1)[None, :]
+                    - 2 * a_space @ b_space.T + (a[:, :1] - b[:, 0][None, :]).square())
+        # Floor: finite sqrt gradient for coincident points (rounding can even make the expansion negative);
+        # clamp: keep asin inside its domain, off its infinite slope at 1 (antipodal points).
+        chord = chord_sq.clamp_min(_SQ_NORM_EPS).sqrt()
+        return 2 / sqrt_c * torch.asin((sqrt_c * chord / 2).clamp_max(1 - self._eps(chord)))
 
     @full_precision
     def manifold_error(self, x: torch.Tensor) -> torch.Tensor:
