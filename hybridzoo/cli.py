@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from .errors import HybridZooError
+from .errors import HybridZooError, WeightsUnavailableError
 from .extract import AMP_DTYPES, ImageFolderDataset, create_transform, extract, save_features
 from .zoo import get_model_config, list_models, load
 
@@ -81,7 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except (HybridZooError, ValueError, OSError) as err:
-        print(f"hybridzoo {args.command}: error: {err}", file=sys.stderr)
+        hint = ""
+        if isinstance(err, WeightsUnavailableError) and getattr(args, "pretrained", False):
+            # The library's message speaks of pretrained=False; say how to do that on the command line.
+            hint = " (on the command line: --no-pretrained builds the model with random weights)"
+        print(f"hybridzoo {args.command}: error: {err}{hint}", file=sys.stderr)
         return 2
     return 0
 

@@ -103,7 +103,6 @@ def _split_batch(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
                           f"(images, labels) pairs, or dicts with 'image' and 'label'")
 
 
-@torch.inference_mode()
 def extract(model: HybridModel, data, *, batch_size: int = 128, device: str | torch.device | None = None,
             amp: str | None = None, return_features: bool = False, num_workers: int = 0,
             progress: bool = True) -> dict[str, torch.Tensor]:
@@ -114,15 +113,33 @@ def extract(model: HybridModel, data, *, batch_size: int = 128, device: str | to
     ``amp``: ``"bf16"`` / ``"fp16"`` autocast for the backbone; the head and geometry stay fp32.
 
     Returns ``{"embeddings": (N, P) fp32, "features": (N, F) (if return_features), "labels": (N,) (if given)}``
-    on the CPU.
+    on the CPU, as ordinary tensors (usable in autograd, e.g. to train a linear probe). The model's train/eval
+    mode is restored afterwards.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if amp is not None and amp not in AMP_DTYPES:
         raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)} or None; got {amp!r}")
+    was_training = model.training
     model = model.to(device).eval()
+    try:
+        outputs = _extract_batches(model, data, batch_size, device, amp, return_features, num_workers, progress)
+    finally:
+        model.train(was_training)
+    if not outputs["embeddings"]:
+        raise ImageInputError("no images to extract: the input is empty")
+    # Concatenated outside inference mode, so the results are normal tensors rather than inference tensors.
+    return {k: torch.cat(v) for k, v in outputs.items() if v}
+
+
+@torch.inference_mode()
+def _extract_batches(model: HybridModel, data, batch_size: int, device: torch.device, amp: str | None,
+                     return_features: bool, num_workers: int, progress: bool) -> dict[str, list[torch.Tensor]]:
     batches = _as_batches(data, model, batch_size, num_workers, pin_memory=device.type == "cuda")
     outputs: dict[str, list[torch.Tensor]] = {"embeddings": [], "features": [], "labels": []}
-    total = len(batches) if hasattr(batches, "__len__") else None
+    try:
+        total = len(batches)
+    except TypeError:  # generators, IterableDatasets and DataLoaders over them have no length
+        total = None
     for batch in tqdm(batches, total=total, desc=f"extract {model.name}", unit="batch", disable=not progress):
         images, labels = _split_batch(batch)
         images = images.to(device, non_blocking=True)
@@ -134,9 +151,7 @@ def extract(model: HybridModel, data, *, batch_size: int = 128, device: str | to
             outputs["features"].append(features.float().cpu())
         if labels is not None:
             outputs["labels"].append(torch.as_tensor(labels).cpu())
-    if not outputs["embeddings"]:
-        raise ImageInputError("no images to extract: the input is empty")
-    return {k: torch.cat(v) for k, v in outputs.items() if v}
+    return outputs
 
 
 def save_features(path: str | Path, result: dict[str, torch.Tensor], *, file_names: list[str] | None = None,

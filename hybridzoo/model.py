@@ -48,6 +48,9 @@ def _preprocessing(backbone: nn.Module, backbone_kwargs: dict, overrides: dict |
         if len(values) != in_chans:
             cfg[key] = (sum(values) / len(values),) * in_chans
     cfg.update(overrides or {})
+    if cfg["input_size"][0] != in_chans:
+        raise ValueError(f"preprocessing input_size {tuple(cfg['input_size'])} has {cfg['input_size'][0]} channel(s) "
+                         f"but the backbone is built with in_chans={in_chans}: make them agree")
     return {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
 
 
@@ -112,6 +115,11 @@ class HybridModel(nn.Module):
             raise ImageInputError(f"{self.name} takes images of exactly {expected_size[0]}x{expected_size[1]} pixels; "
                                   f"got {tuple(images.shape[2:])}: resize with hybridzoo.create_transform(model), "
                                   f"or build the model with img_size={images.shape[2]}")
+        weight_dtype = next(self.backbone.parameters()).dtype
+        if (images.is_floating_point() and images.dtype != weight_dtype
+                and not torch.is_autocast_enabled(images.device.type)):
+            raise ImageInputError(f"{self.name} has {weight_dtype} weights but got {images.dtype} images: cast them "
+                                  f"with images.to({weight_dtype}), or run under torch.autocast for mixed precision")
         if not images.is_floating_point():
             raise ImageInputError(f"{self.name} takes float images normalised with mean {self.pretrained_cfg['mean']}"
                                   f" and std {self.pretrained_cfg['std']}; got dtype {images.dtype}: use "

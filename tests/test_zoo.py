@@ -179,3 +179,14 @@ def test_unknown_backbone_is_a_clear_error():
         hybridzoo.create_model("resnet_does_not_exist", head="lorentz")
     with pytest.raises(ValueError, match="unknown head"):
         hybridzoo.create_model("resnet10t", head="poincare")
+
+
+def test_mismatched_channels_and_dtypes_are_clear_errors():
+    with pytest.raises(ValueError, match="in_chans=1"):
+        hybridzoo.create_model("resnet10t", head="euclidean", backbone_kwargs={"in_chans": 1},
+                               preprocessing={"input_size": (3, 32, 32)})
+    model = hybridzoo.create_model("resnet10t", head="euclidean").eval()
+    with pytest.raises(hybridzoo.ImageInputError, match="float64"):
+        model(torch.randn(2, 3, 32, 32, dtype=torch.float64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(torch.randn(2, 3, 32, 32).bfloat16()).dtype == torch.float32
