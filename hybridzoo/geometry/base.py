@@ -67,16 +67,19 @@ class Curvature(nn.Module):
         if not self.min_value * (1 - 1e-6) <= value <= self.max_value * (1 + 1e-6):
             raise ValueError(f"curvature {value} lies outside its clamp range "
                              f"[{self.min_value}, {self.max_value}]")
-        log_c = torch.tensor(math.log(value), dtype=torch.float32)
+        # float64 storage: fp32 would hold c = 0.1 as 0.099999994, and float64 evaluation needs the exact c.
+        # Computations cast c to their own dtype (CurvedGeometry._c).
+        log_c = torch.tensor(math.log(value), dtype=torch.float64)
         if self.learnable:
             self.log_c = nn.Parameter(log_c)
         else:
             self.register_buffer("log_c", log_c)
 
     def forward(self) -> torch.Tensor:
-        """The curvature magnitude ``c`` as a 0-dim fp32 tensor (clamped)."""
-        log_c = self.log_c.float().clamp(math.log(self.min_value), math.log(self.max_value))
-        return log_c.exp()
+        """The curvature magnitude ``c`` as a 0-dim fp32 (or float64) tensor, clamped."""
+        # fp32 at least, should a model cast (model.half()) have rounded the stored float64 value
+        log_c = self.log_c if self.log_c.dtype == torch.float64 else self.log_c.float()
+        return log_c.clamp(math.log(self.min_value), math.log(self.max_value)).exp()
 
     def to_config(self) -> dict:
         """The current (clamped, possibly learned) value with its clamp range: enough to rebuild this module."""
