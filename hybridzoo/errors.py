@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 __all__ = ["HybridZooError", "UnknownModelError", "WeightsUnavailableError", "UnsafeWeightsError",
-           "CorruptWeightsError", "ChecksumMismatchError", "ArchitectureMismatchError", "ImageInputError"]
+           "CorruptWeightsError", "ChecksumMismatchError", "ArchitectureMismatchError", "ImageInputError",
+           "DataNotFoundError"]
 
 
 class HybridZooError(Exception):
@@ -35,3 +36,7 @@ class ArchitectureMismatchError(HybridZooError, ValueError):
 
 class ImageInputError(HybridZooError, ValueError):
     """Images of the wrong shape, channel count or dtype, or image files that cannot be read."""
+
+
+class DataNotFoundError(HybridZooError, FileNotFoundError):
+    """A dataset, path, split or Hub dataset that is not there (or not reachable); the message says how to get it."""
