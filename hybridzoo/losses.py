@@ -8,6 +8,7 @@ Everything runs in fp32 (the geometry upcasts), under any autocast.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -59,7 +60,11 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
         return x, 0
     import torch.distributed.nn.functional as dist_nn
 
-    return torch.cat(dist_nn.all_gather(x.contiguous()), dim=0), dist.get_rank() * x.shape[0]
+    with warnings.catch_warnings():
+        # torch 2.14 marks it deprecated in favour of a private API; it remains the public differentiable gather.
+        warnings.simplefilter("ignore", FutureWarning)
+        gathered = dist_nn.all_gather(x.contiguous())
+    return torch.cat(gathered, dim=0), dist.get_rank() * x.shape[0]
 
 
 def _two_view_batch(z1: torch.Tensor, z2: torch.Tensor):
