@@ -21,7 +21,7 @@ from .errors import (ArchitectureMismatchError, ChecksumMismatchError, CorruptWe
                      UnsafeWeightsError, WeightsUnavailableError)
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "CARD_NAME", "HUB_PREFIX", "save_pretrained", "push_to_hub",
-           "model_card", "parse_hub_id", "download_from_hub", "read_config", "find_weights", "load_weights",
+           "model_card", "parse_hub_id", "download_from_hub", "read_config", "read_config_file", "find_weights", "load_weights",
            "sha256_file", "atomic_write"]
 
 CONFIG_NAME = "config.json"
@@ -240,6 +240,11 @@ def read_config(folder: Path) -> dict:
     if not path.is_file():
         raise HybridZooError(f"{folder} is not a hybridzoo model folder: {CONFIG_NAME} is missing. Write one with "
                              f"model.save_pretrained(folder).")
+    return read_config_file(path)
+
+
+def read_config_file(path: Path) -> dict:
+    """Read and sanity-check a model config file (a ``config.json`` or a zoo entry)."""
     try:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

@@ -53,6 +53,7 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     seed: int = 0
     mixed_precision: str = "no"
+    cpu: bool = False
     objective: str = "simclr"
     temperature: float = 0.2
     learn_temperature: bool = False
@@ -195,7 +196,7 @@ def _save_checkpoint(accelerator, root: Path, state: dict, keep: int) -> Path:
     tmp = root / f".tmp-{final.name}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
-        root.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir(parents=True)  # before the barrier: every process writes its RNG state into it
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
@@ -238,6 +239,9 @@ def train(config: TrainConfig) -> dict:
     output_dir = Path(config.output_dir)
     checkpoint_every = config.checkpoint_every()
     accelerator = Accelerator(
+        # On a machine without an accelerator, accelerate 1.16 sets up multi-process CPU training (gloo) only
+        # when told it runs on the CPU; otherwise every process trains alone as rank 0.
+        cpu=config.cpu or not torch.accelerator.is_available(),
         mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with=config.report_to or None,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),

@@ -19,7 +19,8 @@ from pathlib import Path
 from .errors import UnknownModelError, WeightsUnavailableError
 from .geometry import GEOMETRIES
 from .heads import MLP_KEYS, TANGENT_KEYS, resolve_head_config
-from .hub import HUB_PREFIX, download_from_hub, find_weights, load_weights, parse_hub_id, read_config
+from .hub import (HUB_PREFIX, download_from_hub, find_weights, load_weights, parse_hub_id, read_config,
+                  read_config_file)
 from .model import HybridModel
 
 __all__ = ["list_models", "get_model_config", "register_model", "create_model", "load", "apply_overrides"]
@@ -108,7 +109,8 @@ def create_model(backbone: str, head: str | dict = "lorentz", *, name: str | Non
 
 def load(name_or_path: str | Path, pretrained: bool = True, *, cache_dir: str | Path | None = None,
          endpoint: str | None = None, token: str | None = None, **overrides) -> HybridModel:
-    """Build a model from a zoo name, a folder written by ``save_pretrained``, or ``hf-hub:org/repo[@revision]``.
+    """Build a model from a zoo name, a folder written by ``save_pretrained``, a model config file (``.json``, the
+    form of ``models/*.json``; ``pretrained=False`` only), or ``hf-hub:org/repo[@revision]``.
 
     ``pretrained=False`` gives the architecture with random weights. ``overrides`` change the config
     (see :func:`apply_overrides`); with pretrained weights they must keep the architecture.
@@ -123,6 +125,12 @@ def load(name_or_path: str | Path, pretrained: bool = True, *, cache_dir: str | 
     elif Path(name).is_dir():
         folder = Path(name)
         config = read_config(folder)
+    elif name.endswith(".json") and Path(name).is_file():
+        folder = Path(name).parent
+        config = read_config_file(Path(name))
+        if pretrained:
+            raise WeightsUnavailableError(f"{name} is a model config without weights: pass pretrained=False to "
+                                          f"build it, or load a folder written by save_pretrained")
     else:
         config = get_model_config(name)
         weights = config.get("weights") or {}

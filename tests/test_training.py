@@ -32,9 +32,9 @@ def pretrain_command(output_dir, *flags):
             "--knn-train-samples", "256", "--num-workers", "0", "--report-to", "", "--log-every", "2", *flags]
 
 
-def run(command, **kwargs):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT, **kwargs)
+def run(command, env=None):
+    env = {**(env or os.environ), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -228,11 +228,29 @@ def test_short_digits_run_beats_the_untrained_model(tmp_path):
 
 
 @pytest.mark.slow
-def test_bf16_run_with_large_feature_norms_stays_finite(tmp_path):
+def test_bf16_run_with_large_feature_norms_stays_finite_and_pushes_to_the_hub(tmp_path, hub):
     output = tmp_path / "bf16"
+    hub_env = {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": "dummy", "HF_HOME": str(tmp_path / "hf-home"),
+               "HF_HUB_DISABLE_TELEMETRY": "1"}
     run(pretrain_command(output, "--epochs", "1", "--mixed-precision", "bf16", "--no-knn-before-training",
-                         "--model-overrides", '{"alpha_init": 1.0, "learn_alpha": false}', "--lr", "0.05"))
+                         "--model-overrides", '{"alpha_init": 1.0, "learn_alpha": false}', "--lr", "0.05",
+                         "--push-to-hub", "user/bf16-run"), env={**os.environ, **hub_env})
     metrics = json.loads((output / "metrics.json").read_text())
     assert math.isfinite(metrics["final_loss"])
     weights = safetensors.torch.load_file(output / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+    # the pushed weights are the saved ones
+    pushed = hybridzoo.load("hf-hub:user/bf16-run", endpoint=hub.endpoint, cache_dir=tmp_path / "cache")
+    assert all(torch.equal(pushed.state_dict()[k], v) for k, v in weights.items())
+
+
+@pytest.mark.slow
+def test_pretrain_runs_on_two_cpu_processes(tmp_path):
+    output = tmp_path / "ddp"
+    run([str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+         *pretrain_command(output, "--epochs", "1", "--checkpointing-steps", "2", "--no-knn-before-training")[1:]])
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["steps"] == 256 // (32 * 2), "each process takes its shard of every epoch"
+    assert (output / "checkpoints" / "step_00000004" / "random_states_1.pkl").exists()
+    assert hybridzoo.load(output).geometry.name == "lorentz"

@@ -190,3 +190,14 @@ def test_mismatched_channels_and_dtypes_are_clear_errors():
         model(torch.randn(2, 3, 32, 32, dtype=torch.float64))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert model(torch.randn(2, 3, 32, 32).bfloat16()).dtype == torch.float32
+
+
+def test_model_config_file_builds_without_weights(tmp_path):
+    config = hybridzoo.get_model_config("resnet10t-hybrid")
+    config["head"]["factors"][1]["curvature"] = 0.25
+    path = tmp_path / "my-model.json"
+    path.write_text(json.dumps(config))
+    model = hybridzoo.load(str(path), pretrained=False)
+    assert model.geometry.factors[1].curvature.item() == pytest.approx(0.25)
+    with pytest.raises(hybridzoo.WeightsUnavailableError, match="pretrained=False"):
+        hybridzoo.load(str(path))
