@@ -175,6 +175,13 @@ class CurvedGeometry(Geometry):
         super().__init__()
         self._curvature = Curvature(curvature, learn_curvature, curvature_min, curvature_max)
 
+    def point_dim(self, dim: int) -> int:
+        """Curved spaces are embedded in one more dimension than their features (x₀ first)."""
+        return dim + 1
+
+    def tangent_dim(self, point_dim: int) -> int:
+        return point_dim - 1
+
     @property
     def curvature(self) -> torch.Tensor:
         """The curvature magnitude ``c`` (0-dim fp32 tensor; clamped when learned)."""

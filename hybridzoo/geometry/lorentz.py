@@ -29,12 +29,6 @@ class Lorentz(CurvedGeometry):
     convention = ("sectional curvature is -c with c > 0 (geoopt.Lorentz k = 1/c); points are hyperboloid "
                   "coordinates, time first: D+1 numbers with <x,x>_L = -1/c and x0 > 0")
 
-    def point_dim(self, dim: int) -> int:
-        return dim + 1
-
-    def tangent_dim(self, point_dim: int) -> int:
-        return point_dim - 1
-
     @staticmethod
     def time_from_space(x_space: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """x₀ = sqrt(1/c + ‖x_s‖²): (..., D) -> (..., 1)."""

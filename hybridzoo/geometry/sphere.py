@@ -22,12 +22,6 @@ class Sphere(CurvedGeometry):
     convention = ("sectional curvature is +c with c > 0 (radius 1/sqrt(c)); points are ambient coordinates, "
                   "D+1 numbers with ||x|| = 1/sqrt(c); the origin is (1/sqrt(c), 0, ..., 0)")
 
-    def point_dim(self, dim: int) -> int:
-        return dim + 1
-
-    def tangent_dim(self, point_dim: int) -> int:
-        return point_dim - 1
-
     @full_precision
     def expmap0(self, v: torch.Tensor) -> torch.Tensor:
         """(..., D) -> (..., D+1): x = (cos θ, sin θ · v/‖v‖) / √c with θ = √c‖v‖."""
