@@ -1,0 +1,184 @@
+"""The project's central benchmark: Euclidean vs Lorentz vs product vs hybrid heads at equal budget.
+
+    python eval/benchmark.py                 # CPU size (about 45 min on 2 quiet cores): resnet10t, 32 px, subsets
+    python eval/benchmark.py --full          # the real size, for a GPU: resnet18, full train sets, 200 epochs
+
+Every variant trains with the same backbone, epochs, batch, augmentations and seed (SimCLR, training/pretrain.py in
+a subprocess, so each run's exact command is recorded), then is evaluated on frozen embeddings: 1-NN and 20-NN with
+the geometry's own distance, a linear probe on the backbone features, mistake severity (mean LCA height of 1-NN
+errors in the dataset's class tree), and training throughput. The raw-pixel 1-NN baseline is printed beside them.
+Runs whose output folder is complete are not repeated, so an interrupted benchmark resumes.
+
+Outputs: model folders under --work-dir (not committed), and under --out a results.json, a results.md table with the
+command, and knn_vs_epochs_<dataset>.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hybridzoo.data import load_image_set  # noqa: E402
+from hybridzoo.evaluation import knn_accuracy  # noqa: E402
+from hybridzoo.geometry import Euclidean  # noqa: E402
+
+#: Head variants: zoo head and the recipe fields that differ. "lorentz" copies the Euclidean hyperparameters;
+#: "lorentz-tuned" uses what the hyperbolic literature recommends (Hyp-ViT: τ = 0.2, clip radius 2.3; fixed c).
+VARIANTS = {
+    "euclidean": {"head": "euclidean", "temperature": 0.1},
+    "lorentz": {"head": "lorentz", "temperature": 0.1},
+    "product": {"head": "product", "temperature": 0.1},
+    "hybrid": {"head": "hybrid", "objective": "hybrid", "factor_temperatures": [0.1, 0.1]},
+    "lorentz-tuned": {"head": "lorentz", "temperature": 0.2,
+                      "model_overrides": {"clip_radius": 2.3, "learn_curvature": False}},
+}
+CPU_SIZE = {"name": "CPU", "backbone": "resnet10t", "epochs": 6, "batch_size": 128, "train_samples": 8000, "test_samples": 2000,
+            "image_size": 32}
+FULL_SIZE = {"name": "full", "backbone": "resnet18", "epochs": 200, "batch_size": 512, "train_samples": None, "test_samples": None,
+             "image_size": 32}
+
+
+def pretrain_command(dataset: str, variant: str, size: dict, output: Path, seed: int) -> list[str]:
+    spec = dict(VARIANTS[variant])
+    flags = {"model": f"{size['backbone']}-{spec.pop('head')}", "dataset": dataset, "output-dir": str(output),
+             "epochs": size["epochs"], "batch-size": size["batch_size"], "image-size": size["image_size"],
+             "seed": seed, "lr": 2e-3, "warmup-epochs": 1, "knn-every": 1, "knn-train-samples": size["train_samples"],
+             "max-train-samples": size["train_samples"], "max-eval-samples": size["test_samples"],
+             "no-knn-before-training": None, "report-to": "", "checkpointing-steps": "epoch",
+             "checkpoints-total-limit": 1}
+    for key, value in spec.items():
+        flags[key.replace("_", "-")] = json.dumps(value) if isinstance(value, (list, dict)) else value
+    command = [sys.executable, str(ROOT / "training" / "pretrain.py")]
+    for key, value in flags.items():
+        if value is None and key.startswith("no-"):
+            command.append(f"--{key}")
+        elif value is not None:
+            command += [f"--{key}", str(value)]
+    return command
+
+
+def train(command: list[str], output: Path, log: Path) -> None:
+    """Run pretrain.py unless ``output`` already holds a finished run; resume an interrupted one."""
+    if (output / "metrics.json").is_file():
+        return
+    if list(output.glob("checkpoints/step_*/trainer_state.json")):
+        command = [*command, "--resume-from-checkpoint", "latest"]  # an interrupted run continues exactly
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as f:
+        result = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+    if result.returncode != 0:
+        raise SystemExit(f"training failed ({shlex.join(command)}); see {log}")
+
+
+def evaluate(output: Path, dataset: str, size: dict, seed: int) -> dict:
+    """Frozen-embedding metrics of a trained model folder (hybridzoo.evaluate), plus its training figures."""
+    from hybridzoo.evaluate import evaluate_model
+
+    result = evaluate_model(output, dataset, max_train_samples=size["train_samples"],
+                            max_test_samples=size["test_samples"], ks=(1, 20), seed=seed)["metrics"]
+    metrics = json.loads((output / "metrics.json").read_text())
+    return {
+        "knn1": result["knn_top1_k1"], "knn20": result["knn_top1_k20"],
+        "linear_probe": result["linear_probe_top1_features"],
+        "mistake_severity": result.get("mistake_severity_knn1", float("nan")),
+        "train_images_per_second": metrics["train_images_per_second"],
+        "knn_history": metrics.get("knn_history", []),
+        **{k: v for k, v in metrics.items() if k.startswith(("curvature", "alpha"))},
+    }
+
+
+def raw_pixel_knn(train_set, test_set) -> float:
+    flat = lambda images: images.images.flatten(1).float() / 255  # noqa: E731
+    geometry = Euclidean(normalize=False)
+    return knn_accuracy(flat(train_set), train_set.labels, flat(test_set), test_set.labels, geometry, k=1)
+
+
+def write_tables(results: dict, size: dict, command: str, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"size": size, "command": command, "results": results}, indent=2))
+    lines = [f"# Head benchmark ({size['name']} size)", "",
+             f"Command: `{command}`", "",
+             f"Backbone `{size['backbone']}` at {size['image_size']} px, SimCLR, {size['epochs']} epochs, batch "
+             f"{size['batch_size']}, seed as given; train subset {size['train_samples'] or 'all'} images, test subset "
+             f"{size['test_samples'] or 'all'} (class-stratified, fixed). k-NN uses each geometry's own distance; the "
+             f"linear probe uses backbone features; mistake severity = mean LCA height of 1-NN errors (lower is "
+             f"better). Throughput is training images/s (two views per image count twice) on a shared CPU: noisy.", ""]
+    for dataset, rows in results.items():
+        lines += [f"## {dataset}", "", f"Raw-pixel 1-NN: {rows['raw_pixel_knn1']:.3f}", "",
+                  "| head | 1-NN | 20-NN | linear probe | mistake severity | train img/s | learned scalars |",
+                  "|---|---|---|---|---|---|---|"]
+        for variant, r in rows["variants"].items():
+            scalars = ", ".join(f"{k}={v:.3g}" for k, v in r.items() if k.startswith(("curvature", "alpha")))
+            lines.append(f"| {variant} | {r['knn1']:.3f} | {r['knn20']:.3f} | {r['linear_probe']:.3f} | "
+                         f"{r['mistake_severity']:.3f} | {r['train_images_per_second']:.0f} | {scalars} |")
+        lines.append("")
+    (out / "results.md").write_text("\n".join(lines))
+
+
+def plot_histories(results: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for dataset, rows in results.items():
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for variant, r in rows["variants"].items():
+            history = r["knn_history"]
+            ax.plot([h["epoch"] for h in history], [h["knn_top1_k1"] for h in history], marker="o", label=variant)
+        ax.axhline(rows["raw_pixel_knn1"], color="gray", linestyle="--", label="raw pixels")
+        ax.set(xlabel="epoch", ylabel="1-NN top-1 (held-out)", title=f"{dataset}: k-NN accuracy during training")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / f"knn_vs_epochs_{dataset}.png", dpi=120)
+        plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=["cifar10", "tiny-imagenet-32"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--full", action="store_true", help="the real size (a GPU job)")
+    parser.add_argument("--epochs", type=int, help="override the size's epochs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-only", action="store_true", help="train (or resume) the runs, evaluate later")
+    parser.add_argument("--work-dir", type=Path, default=ROOT / "outputs" / "benchmark")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "benchmark")
+    args = parser.parse_args()
+    size = dict(FULL_SIZE if args.full else CPU_SIZE)
+    if args.epochs:
+        size["epochs"] = args.epochs
+    command = shlex.join(["python", "eval/benchmark.py", *sys.argv[1:]])
+    results = {}
+    runs = [(d, v) for d in args.datasets for v in args.variants]
+    for dataset, variant in tqdm(runs, desc="benchmark", unit="run"):
+        output = args.work_dir / dataset / variant
+        started = time.perf_counter()
+        train(pretrain_command(dataset, variant, size, output, args.seed), output, output.with_suffix(".log"))
+        tqdm.write(f"{dataset}/{variant}: trained ({time.perf_counter() - started:.0f} s)")
+    if args.train_only:
+        return
+    for dataset in args.datasets:
+        train_set = load_image_set(dataset, "train", max_samples=size["train_samples"], seed=args.seed)
+        test_set = load_image_set(dataset, "test", max_samples=size["test_samples"])
+        rows = {"raw_pixel_knn1": raw_pixel_knn(train_set, test_set), "variants": {}}
+        for variant in args.variants:
+            rows["variants"][variant] = evaluate(args.work_dir / dataset / variant, dataset, size, args.seed)
+        results[dataset] = rows
+        write_tables(results, size, command, args.out)
+    plot_histories(results, args.out)
+    print((args.out / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
