@@ -41,9 +41,11 @@ VARIANTS = {
     "lorentz-tuned": {"head": "lorentz", "temperature": 0.2,
                       "model_overrides": {"clip_radius": 2.3, "learn_curvature": False}},
 }
-CPU_SIZE = {"name": "CPU", "backbone": "resnet10t", "epochs": 6, "batch_size": 128, "train_samples": 8000, "test_samples": 2000,
+CPU_SIZE = {"name": "CPU", "backbone": "resnet10t", "epochs": 6, "batch_size": 128, "train_samples": 8000,
+            "test_samples": 2000,
             "image_size": 32}
-FULL_SIZE = {"name": "full", "backbone": "resnet18", "epochs": 200, "batch_size": 512, "train_samples": None, "test_samples": None,
+FULL_SIZE = {"name": "full", "backbone": "resnet18", "epochs": 200, "batch_size": 512, "train_samples": None,
+             "test_samples": None,
              "image_size": 32}
 
 
