@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .data import ImageSet, TransformedDataset, load_image_set, transforms_for
-from .evaluation import knn_accuracy
+from .evaluation import knn_accuracies
 from .extract import extract
 from .geometry import CurvedGeometry, Product
 from .hub import atomic_write
@@ -218,9 +218,9 @@ def _knn_metrics(model: HybridModel, train_set: ImageSet, test_set: ImageSet, ev
         return extract(model, TransformedDataset(images, eval_transform), batch_size=batch_size, device=device,
                        amp=amp, progress=False)["embeddings"]
 
-    train_points, test_points = embed(train_set), embed(test_set)
-    return {f"knn_top1_k{k}": knn_accuracy(train_points, train_set.labels, test_points, test_set.labels,
-                                          model.geometry, k=k) for k in (1, 20)}
+    accuracies = knn_accuracies(embed(train_set), train_set.labels, embed(test_set), test_set.labels,
+                                model.geometry, ks=(1, 20))
+    return {f"knn_top1_k{k}": accuracy for k, accuracy in accuracies.items()}
 
 
 def _build_model(config: TrainConfig) -> HybridModel:
