@@ -330,14 +330,14 @@ def train(config: TrainConfig) -> dict:
             if global_step >= total_steps:
                 break
         skip_batches = 0
-        if checkpoint_every == "epoch":
-            _save_checkpoint(accelerator, output_dir / "checkpoints", checkpoint_state(epoch + 1, 0),
-                             config.checkpoints_total_limit)
         if config.knn_every and (epoch + 1) % config.knn_every == 0 and accelerator.is_main_process:
             epoch_knn = _knn_metrics(unwrapped, knn_train_set, test_set, eval_transform, accelerator.device, amp,
                                      config.batch_size)
             accelerator.log({f"eval/{k}": v for k, v in epoch_knn.items()}, step=global_step)
             results.setdefault("knn_history", []).append({"epoch": epoch + 1, **epoch_knn})
+        if checkpoint_every == "epoch":  # after the epoch's k-NN, so a resumed run keeps it in its history
+            _save_checkpoint(accelerator, output_dir / "checkpoints", checkpoint_state(epoch + 1, 0),
+                             config.checkpoints_total_limit)
     progress.close()
     elapsed = time.perf_counter() - started
     accelerator.wait_for_everyone()
