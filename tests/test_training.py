@@ -2,7 +2,6 @@
 import json
 import math
 import os
-import shutil
 import signal
 import socket
 import subprocess
