@@ -2,6 +2,7 @@
 
     python eval/benchmark.py                 # CPU size (about 45 min on 2 quiet cores): resnet10t, 32 px, subsets
     python eval/benchmark.py --full          # the real size, for a GPU: resnet18, full train sets, 200 epochs
+    python eval/benchmark.py --seeds 0 1 2   # repeat every run with three seeds; tables give mean ± std
 
 Every variant trains with the same backbone, epochs, batch, augmentations and seed (SimCLR, training/pretrain.py in
 a subprocess, so each run's exact command is recorded), then is evaluated on frozen embeddings: 1-NN and 20-NN with
@@ -9,8 +10,8 @@ the geometry's own distance, a linear probe on the backbone features, mistake se
 errors in the dataset's class tree), and training throughput. The raw-pixel 1-NN baseline is printed beside them.
 Runs whose output folder is complete are not repeated, so an interrupted benchmark resumes.
 
-Outputs: model folders under --work-dir (not committed), and under --out a results.json, a results.md table with the
-command, and knn_vs_epochs_<dataset>.png.
+Outputs: model folders under --work-dir/<dataset>/<variant>/seed<N> (not committed), and under --out a results.json
+(every seed's numbers and their mean/std), a results.md table with the command, and knn_vs_epochs_<dataset>.png.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from hybridzoo.data import load_image_set  # noqa: E402
 from hybridzoo.evaluation import knn_accuracy  # noqa: E402
 from hybridzoo.geometry import Euclidean  # noqa: E402
+from hybridzoo.hub import atomic_write  # noqa: E402
 
 #: Head variants: zoo head and the recipe fields that differ. "lorentz" copies the Euclidean hyperparameters;
 #: "lorentz-tuned" uses what the hyperbolic literature recommends (Hyp-ViT: τ = 0.2, clip radius 2.3; fixed c).
@@ -104,29 +106,67 @@ def raw_pixel_knn(train_set, test_set) -> float:
     return knn_accuracy(flat(train_set), train_set.labels, flat(test_set), test_set.labels, geometry, k=1)
 
 
-def write_tables(results: dict, size: dict, command: str, out: Path) -> None:
+#: Per-run numbers that the tables summarise over seeds (mean ± sample std).
+METRICS = ("knn1", "knn20", "linear_probe", "mistake_severity", "train_images_per_second")
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Mean, sample std (0 for one run) and count of every numeric entry shared by ``runs`` (one dict per seed)."""
+    keys = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and all(k in r for r in runs)]
+    summary = {}
+    for key in keys:
+        values = [float(r[key]) for r in runs]
+        mean = sum(values) / len(values)
+        var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+        summary[key] = {"mean": mean, "std": var ** 0.5, "n": len(values)}
+    return summary
+
+
+def format_stat(stat: dict, digits: int = 3) -> str:
+    """``0.354`` for one seed, ``0.354 ± 0.004`` for several."""
+    text = f"{stat['mean']:.{digits}f}"
+    return text + f" ± {stat['std']:.{digits}f}" if stat["n"] > 1 else text
+
+
+def write_tables(results: dict, size: dict, command: str, seeds: list[int], out: Path) -> None:
+    """``results[dataset] = {"seeds": {seed: {"raw_pixel_knn1", "variants": {variant: metrics}}}, "summary": ...}``."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"size": size, "command": command, "results": results}, indent=2))
+    document = {"size": size, "command": command, "seeds": seeds, "results": results}
+    atomic_write(out / "results.json", json.dumps(document, indent=2).encode())
+    seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean ± std over seeds {', '.join(map(str, seeds))}"
     lines = [f"# Head benchmark ({size['name']} size)", "",
              f"Command: `{command}`", "",
-             f"Backbone `{size['backbone']}` at {size['image_size']} px, SimCLR, {size['epochs']} epochs, batch "
-             f"{size['batch_size']}, seed as given; train subset {size['train_samples'] or 'all'} images, test subset "
-             f"{size['test_samples'] or 'all'} (class-stratified, fixed). k-NN uses each geometry's own distance; the "
-             f"linear probe uses backbone features; mistake severity = mean LCA height of 1-NN errors (lower is "
-             f"better). Throughput is training images/s (two views per image count twice) on a shared CPU: noisy.", ""]
+             (f"Backbone `{size['backbone']}` at {size['image_size']} px, SimCLR, {size['epochs']} epochs, batch "
+              f"{size['batch_size']}, {seed_text}; train subset {size['train_samples'] or 'all'} images, test subset "
+              f"{size['test_samples'] or 'all'} (class-stratified; the train subset is drawn with the seed, the test "
+              f"subset is fixed). k-NN uses each geometry's own distance; the linear probe uses backbone features; "
+              f"mistake severity = mean LCA height of 1-NN errors in the class tree (lower is better). Throughput is "
+              f"training images/s (two views per image count twice), wall-clock over the whole run including "
+              f"per-epoch k-NN."), ""]
     for dataset, rows in results.items():
-        lines += [f"## {dataset}", "", f"Raw-pixel 1-NN: {rows['raw_pixel_knn1']:.3f}", "",
+        summary = rows["summary"]
+        lines += [f"## {dataset}", "", f"Raw-pixel 1-NN: {format_stat(summary['raw_pixel_knn1'])}", "",
                   "| head | 1-NN | 20-NN | linear probe | mistake severity | train img/s | learned scalars |",
                   "|---|---|---|---|---|---|---|"]
-        for variant, r in rows["variants"].items():
-            scalars = ", ".join(f"{k}={v:.3g}" for k, v in r.items() if k.startswith(("curvature", "alpha")))
-            lines.append(f"| {variant} | {r['knn1']:.3f} | {r['knn20']:.3f} | {r['linear_probe']:.3f} | "
-                         f"{r['mistake_severity']:.3f} | {r['train_images_per_second']:.0f} | {scalars} |")
+        for variant, stats in summary["variants"].items():
+            scalars = ", ".join(f"{k}={v['mean']:.3g}" for k, v in stats.items()
+                                if k.startswith(("curvature", "alpha")))
+            cells = [format_stat(stats[m], 0 if m == "train_images_per_second" else 3) for m in METRICS]
+            lines.append(f"| {variant} | {' | '.join(cells)} | {scalars} |")
         lines.append("")
-    (out / "results.md").write_text("\n".join(lines))
+    atomic_write(out / "results.md", "\n".join(lines).encode())
+
+
+def summarize_dataset(per_seed: dict) -> dict:
+    """Summary over seeds of one dataset's ``{seed: {"raw_pixel_knn1", "variants"}}``."""
+    seeds = list(per_seed.values())
+    variants = seeds[0]["variants"]
+    return {"raw_pixel_knn1": summarize([{"raw_pixel_knn1": s["raw_pixel_knn1"]} for s in seeds])["raw_pixel_knn1"],
+            "variants": {v: summarize([s["variants"][v] for s in seeds]) for v in variants}}
 
 
 def plot_histories(results: dict, out: Path) -> None:
+    """k-NN accuracy vs epoch per head: the mean over seeds, with the min-max band when there are several."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,10 +174,19 @@ def plot_histories(results: dict, out: Path) -> None:
 
     for dataset, rows in results.items():
         fig, ax = plt.subplots(figsize=(6, 4))
-        for variant, r in rows["variants"].items():
-            history = r["knn_history"]
-            ax.plot([h["epoch"] for h in history], [h["knn_top1_k1"] for h in history], marker="o", label=variant)
-        ax.axhline(rows["raw_pixel_knn1"], color="gray", linestyle="--", label="raw pixels")
+        per_seed = list(rows["seeds"].values())
+        for variant in per_seed[0]["variants"]:
+            curves: dict[int, list[float]] = {}
+            for seed_rows in per_seed:
+                for h in seed_rows["variants"][variant]["knn_history"]:
+                    curves.setdefault(h["epoch"], []).append(h["knn_top1_k1"])
+            epochs = sorted(curves)
+            mean = [sum(curves[e]) / len(curves[e]) for e in epochs]
+            (line,) = ax.plot(epochs, mean, marker="o", label=variant)
+            if len(per_seed) > 1:
+                ax.fill_between(epochs, [min(curves[e]) for e in epochs], [max(curves[e]) for e in epochs],
+                                color=line.get_color(), alpha=0.15)
+        ax.axhline(rows["summary"]["raw_pixel_knn1"]["mean"], color="gray", linestyle="--", label="raw pixels")
         ax.set(xlabel="epoch", ylabel="1-NN top-1 (held-out)", title=f"{dataset}: k-NN accuracy during training")
         ax.grid(alpha=0.3)
         ax.legend()
@@ -152,7 +201,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--full", action="store_true", help="the real size (a GPU job)")
     parser.add_argument("--epochs", type=int, help="override the size's epochs")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed and variant")
     parser.add_argument("--train-only", action="store_true", help="train (or resume) the runs, evaluate later")
     parser.add_argument("--work-dir", type=Path, default=ROOT / "outputs" / "benchmark")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "benchmark")
@@ -161,23 +210,24 @@ def main() -> None:
     if args.epochs:
         size["epochs"] = args.epochs
     command = shlex.join(["python", "eval/benchmark.py", *sys.argv[1:]])
-    results = {}
-    runs = [(d, v) for d in args.datasets for v in args.variants]
-    for dataset, variant in tqdm(runs, desc="benchmark", unit="run"):
-        output = args.work_dir / dataset / variant
+    runs = [(d, s, v) for d in args.datasets for s in args.seeds for v in args.variants]
+    for dataset, seed, variant in tqdm(runs, desc="benchmark", unit="run"):
+        output = args.work_dir / dataset / variant / f"seed{seed}"
         started = time.perf_counter()
-        train(pretrain_command(dataset, variant, size, output, args.seed), output, output.with_suffix(".log"))
-        tqdm.write(f"{dataset}/{variant}: trained ({time.perf_counter() - started:.0f} s)")
+        train(pretrain_command(dataset, variant, size, output, seed), output, output.with_suffix(".log"))
+        tqdm.write(f"{dataset}/{variant}/seed{seed}: trained ({time.perf_counter() - started:.0f} s)")
     if args.train_only:
         return
+    results = {}
     for dataset in args.datasets:
-        train_set = load_image_set(dataset, "train", max_samples=size["train_samples"], seed=args.seed)
-        test_set = load_image_set(dataset, "test", max_samples=size["test_samples"])
-        rows = {"raw_pixel_knn1": raw_pixel_knn(train_set, test_set), "variants": {}}
-        for variant in args.variants:
-            rows["variants"][variant] = evaluate(args.work_dir / dataset / variant, dataset, size, args.seed)
-        results[dataset] = rows
-        write_tables(results, size, command, args.out)
+        per_seed = {}
+        for seed in args.seeds:
+            train_set = load_image_set(dataset, "train", max_samples=size["train_samples"], seed=seed)
+            test_set = load_image_set(dataset, "test", max_samples=size["test_samples"], seed=seed)
+            per_seed[seed] = {"raw_pixel_knn1": raw_pixel_knn(train_set, test_set), "variants": {
+                v: evaluate(args.work_dir / dataset / v / f"seed{seed}", dataset, size, seed) for v in args.variants}}
+        results[dataset] = {"seeds": per_seed, "summary": summarize_dataset(per_seed)}
+        write_tables(results, size, command, args.seeds, args.out)
     plot_histories(results, args.out)
     print((args.out / "results.md").read_text())
 
