@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from contextlib import nullcontext
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 import hybridzoo
+from _rounds import rate_cells, ratio_cells, ratio_row, round_order, write_json
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 #: Issue targets: minimum ratios (head vs euclidean for training, extract vs bare timm for extraction).
@@ -194,10 +194,7 @@ def measure(variants: list, args, steps: int, images_per_run: int, rounds: int) 
             v.run(min(args.warmup, steps))
     rates: dict[str, list[float]] = {v.name: [] for v in variants}
     for r in range(rounds):
-        order = variants[r % len(variants):] + variants[: r % len(variants)]
-        if r % 2:  # alternate direction too, so no variant always follows the same one
-            order = order[::-1]
-        for v in order:
+        for v in round_order(variants, r):
             rates[v.name].append(images_per_run / v.run(steps))
         progress = ", ".join(f"{name} {values[-1]:.0f}" for name, values in rates.items())
         print(f"  round {r + 1}/{rounds} (images/s): {progress}", file=sys.stderr, flush=True)
@@ -205,14 +202,7 @@ def measure(variants: list, args, steps: int, images_per_run: int, rounds: int) 
 
 
 def summarize(rates: dict[str, list[float]], reference: str) -> list[dict]:
-    rows = []
-    for name, values in rates.items():
-        ratios = [v / ref for v, ref in zip(values, rates[reference])]
-        rows.append({"variant": name, "images_per_s": statistics.median(values), "min": min(values),
-                     "max": max(values), "ratio": statistics.median(ratios),
-                     "ratio_of_best": max(values) / max(rates[reference]),
-                     "ratio_min": min(ratios), "ratio_max": max(ratios), "per_round": values})
-    return rows
+    return [ratio_row(name, values, rates[reference]) for name, values in rates.items()]
 
 
 def table(title: str, rows: list[dict], reference: str, target: float | None, reference_label: str) -> str:
@@ -224,9 +214,7 @@ def table(title: str, rows: list[dict], reference: str, target: float | None, re
         is_ref = row["variant"] == reference
         verdict = "—" if is_ref or target is None else (f"≥ {target:.2f} ✅" if row["ratio"] >= target
                                                         else f"≥ {target:.2f} ❌")
-        lines.append(f"| {row['variant']} | {row['images_per_s']:.1f} | {row['min']:.1f}–{row['max']:.1f} | "
-                     f"{row['ratio']:.3f} | {row['ratio_of_best']:.3f} | "
-                     f"{row['ratio_min']:.3f}–{row['ratio_max']:.3f} | {verdict} |")
+        lines.append(f"| {row['variant']} | {rate_cells(row)} | {ratio_cells(row)} | {verdict} |")
     return "\n".join(lines)
 
 
@@ -288,9 +276,7 @@ def main(argv=None) -> int:
         print()
 
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-        print(f"wrote {args.json}")
+        write_json(args.json, results)
     return 0
 
 

@@ -29,6 +29,7 @@ import sys
 import time
 
 import torch
+from _rounds import round_order, write_json
 
 from hybridzoo.evaluation import knn_topk
 from hybridzoo.geometry import Euclidean, Lorentz, Product, Sphere
@@ -70,12 +71,8 @@ def speed(args) -> dict:
         knn_topk(data[name][1][:4096], data[name][2][:64], geometry, max(args.ks))    # warm-up
     times = {(name, k): [] for name in args.geometries for k in args.ks}
     for round_index in range(args.rounds):
-        order = list(args.geometries[round_index % len(args.geometries):]) + \
-            list(args.geometries[:round_index % len(args.geometries)])
-        if round_index % 2:
-            order.reverse()
         for k in args.ks:
-            for name in order:
+            for name in round_order(args.geometries, round_index):
                 geometry, train, queries = data[name]
                 times[name, k].append(time_search(train, queries, geometry, k))
         print(f"round {round_index + 1}/{args.rounds}: " + "  ".join(
@@ -203,8 +200,7 @@ def main(argv=None) -> None:
         result["memory"] = memory(args)
     print_tables(args, result)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 import hybridzoo
+from _rounds import rate_cells, ratio_cells, ratio_row, round_order, write_json
 from hybridzoo.data import load_image_set, transforms_for
 from hybridzoo.errors import DataNotFoundError
 from hybridzoo.geometry import Product
@@ -312,11 +313,7 @@ def measure(variants: list, args) -> tuple[dict, dict]:
     extras: dict = {v.name: {} for v in variants}
     with tqdm(total=args.rounds * len(variants), desc="rounds", unit="run", file=sys.stderr) as bar:
         for r in range(args.rounds):
-            shift = r % len(variants)
-            order = variants[shift:] + variants[:shift]
-            if r % 2:  # alternate direction too, so no variant always follows the same one
-                order = order[::-1]
-            for v in order:
+            for v in round_order(variants, r):
                 bar.set_description(f"round {r + 1}/{args.rounds}: {v.name}")
                 images, seconds, extra = v.run()
                 rates[v.name].append(images / seconds)
@@ -336,15 +333,7 @@ def short(name: str) -> str:
 
 def summarize(rates: dict, names: list[str], reference) -> list[dict]:
     """Rows for ``names``; ``reference(r)`` is the reference images/s of round r (for the per-round ratios)."""
-    rows = []
-    for name in names:
-        values = rates[name]
-        refs = [reference(r) for r in range(len(values))]
-        ratios = [v / ref for v, ref in zip(values, refs)]
-        rows.append({"variant": name, "images_per_s": statistics.median(values), "min": min(values),
-                     "max": max(values), "ratio": statistics.median(ratios), "ratio_of_best": max(values) / max(refs),
-                     "ratio_min": min(ratios), "ratio_max": max(ratios), "per_round": values})
-    return rows
+    return [ratio_row(name, rates[name], [reference(r) for r in range(len(rates[name]))]) for name in names]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -440,9 +429,7 @@ def head_table(rows: list[dict]) -> str:
     for row in rows:
         verdict = "—" if row["variant"] == "euclidean" else (
             f"≥ {TRAIN_TARGET:.2f} " + ("✅" if row["ratio"] >= TRAIN_TARGET else "❌"))
-        lines.append(f"| {row['variant']} | {row['objective']} | {row['images_per_s']:.1f} | "
-                     f"{row['min']:.1f}–{row['max']:.1f} | {row['ratio']:.3f} | {row['ratio_of_best']:.3f} | "
-                     f"{row['ratio_min']:.3f}–{row['ratio_max']:.3f} | {verdict} |")
+        lines.append(f"| {row['variant']} | {row['objective']} | {rate_cells(row)} | {ratio_cells(row)} | {verdict} |")
     return "\n".join(lines)
 
 
@@ -451,9 +438,8 @@ def loader_table(rows: list[dict]) -> str:
              "| ratio of bests | ratio range | bottleneck? |", "|---|---:|---:|---:|---:|---:|---:|:---:|"]
     for row in rows:
         verdict = "**yes** ❌" if row["ratio"] < 1 else "no ✅"
-        lines.append(f"| {row['variant']} | {row['images_per_s']:.1f} | {row['min']:.1f}–{row['max']:.1f} | "
-                     f"{row['first_batch_s']:.2f} | {row['ratio']:.2f} | {row['ratio_of_best']:.2f} | "
-                     f"{row['ratio_min']:.2f}–{row['ratio_max']:.2f} | {verdict} |")
+        lines.append(f"| {row['variant']} | {rate_cells(row)} | {row['first_batch_s']:.2f} | {ratio_cells(row, 2)} "
+                     f"| {verdict} |")
     return "\n".join(lines)
 
 
@@ -461,9 +447,7 @@ def e2e_table(rows: list[dict]) -> str:
     lines = ["| loop | images/s (median) | min–max | ratio to the head's model step alone (median) | ratio of bests "
              "| ratio range | waiting for data (median share) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
-        lines.append(f"| {row['variant']} | {row['images_per_s']:.1f} | {row['min']:.1f}–{row['max']:.1f} | "
-                     f"{row['ratio']:.3f} | {row['ratio_of_best']:.3f} | "
-                     f"{row['ratio_min']:.3f}–{row['ratio_max']:.3f} | {100 * row['data_wait']:.1f}% |")
+        lines.append(f"| {row['variant']} | {rate_cells(row)} | {ratio_cells(row)} | {100 * row['data_wait']:.1f}% |")
     return "\n".join(lines)
 
 
@@ -638,9 +622,7 @@ def main(argv=None) -> int:
                                "loader_is_bottleneck_at_default": bottleneck,
                                "all_heads_meet_target": all(r["ratio"] >= TRAIN_TARGET for r in head_rows[1:])},
                    "seconds": elapsed}
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-        print(f"wrote {args.json}")
+        write_json(args.json, results)
     return 0
 
 
