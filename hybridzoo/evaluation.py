@@ -49,9 +49,11 @@ Each (query tile, training block) pair is scored with ONE matmul of prepared vec
 - flat Euclidean: ``x·y - ‖y‖²/2`` (one matmul with an appended column).
 - product: **no inner-product shortcut exists** — d² = Σ dᵢ² adds non-linear (monotone) functions of each factor's
   inner product, so the real summed squared distances are computed: one matmul per factor giving its accurate key,
-  then dᵢ² elementwise (Lorentz: acosh(1 + w)²/c written with log1p and sqrt, which are vectorised on CPU where
-  acosh/asinh are not; sphere: (2/√c · asin √z)²; Euclidean factors: ‖x - y‖² straight from the matmul). This
-  elementwise work makes product search slower than cosine (about 0.35-0.7x on CPU; benchmarks/README.md).
+  then dᵢ² elementwise (Lorentz: acosh(1 + w)²/c from sqrt and log2 with Goldberg's log1p correction, because
+  torch's CPU log1p, acosh and asinh are scalar loops, 17-28 ns per element, where log2 and sqrt take ~1 ns;
+  sphere: (2/√c · asin √z)²; Euclidean factors: ‖x - y‖² added by the matmul itself). This elementwise work,
+  several passes over every score tile on top of matmuls as costly as cosine's one, keeps product search well
+  below cosine speed on CPU (benchmarks/README.md); only a fused kernel could close most of the gap.
 - any other geometry: ``geometry.logits(x, y, temperature=1)`` (its default logits).
 
 The similarities of the k winners (for the weights, and returned by :func:`knn_topk`) follow from their keys
@@ -221,9 +223,9 @@ class _ProductKey(_Key):
     Per factor one matmul yields a quantity from which dᵢ² follows elementwise without cancellation:
     Euclidean factors ‖x - y‖² directly, [x, 1, ‖x‖²]·[-2y, ‖y‖², 1]; Lorentz factors
     w = √c·u(x) - c·key = c·q/2 with q = ⟨x-y, x-y⟩_L, via [-c·x_s, c·x₀, √c·u(x)]·[y_s, u(y), 1], then
-    d² = acosh(1 + w)²/c with acosh(1 + w) = log1p(w + sqrt(w² + 2w)) (log1p and sqrt are vectorised on CPU,
-    acosh and asinh are not: 16 vs ~1 ns per element); sphere factors z = c·chord²/4 by the same matmul halved,
-    then d² = (4/c)·asin(sqrt(z))².
+    d² = acosh(1 + w)²/c (:func:`_acosh1p_log2`: only vectorised CPU functions); sphere factors z = c·chord²/4 by
+    the same matmul halved, then d² = (4/c)·asin(sqrt(z))². Euclidean factors are added by the matmul itself
+    (addmm), the curved ones by one fused multiply-add (addcmul).
     """
 
     def __init__(self, geometry: Product):
@@ -264,21 +266,21 @@ class _ProductKey(_Key):
 
     def score(self, q, t, ws):
         shape = (len(q[0]), len(t[0]))
-        total = ws.get("score", shape, q[0])
-        for n, ((kind, c), qp, tp) in enumerate(zip(self.kinds, q, t)):
-            if kind == "other":
-                sq = c.pairwise_distance(qp, tp).square()
+        total = ws.get("score", shape, q[0]).zero_()          # accumulates Σ dᵢ², negated at the end
+        for (kind, c), qp, tp in zip(self.kinds, q, t):
+            if kind == "flat":
+                total.addmm_(qp, tp.T)                        # += ‖x - y‖², fused into the matmul
+            elif kind == "other":
+                total.add_(c.pairwise_distance(qp, tp).square())
             else:
-                sq = torch.mm(qp, tp.T, out=total if n == 0 else ws.get("factor", shape, qp))
+                factor = torch.mm(qp, tp.T, out=ws.get("factor", shape, qp))
                 if kind == "lorentz":
-                    _lorentz_sq_distance(sq, ws.get("scratch", shape, qp), c)
-                elif kind == "sphere":
+                    d = _acosh1p_log2(factor, ws.get("scratch", shape, qp))     # acosh(1 + w) / ln 2
+                    total.addcmul_(d, d, value=_LN2 ** 2 / c)
+                else:
                     # clamp to [0, 1]: rounding can leave sqrt's domain (coincident points) or asin's (antipodes)
-                    sq.clamp_(0, 1).sqrt_().asin_().square_().mul_(4 / c)
-            if n == 0 and sq is not total:
-                total.copy_(sq)
-            elif n > 0:
-                total.add_(sq)
+                    d = factor.clamp_(0, 1).sqrt_().asin_()
+                    total.addcmul_(d, d, value=4 / c)
         return total.neg_()
 
     def similarity(self, x, keys):
@@ -286,12 +288,27 @@ class _ProductKey(_Key):
         return -(-keys).clamp_min(0).sqrt()
 
 
-def _lorentz_sq_distance(w: torch.Tensor, scratch: torch.Tensor, c: float) -> None:
-    """In place: w = c·⟨x-y, x-y⟩_L / 2 (any shape) -> d² = acosh(1 + w)² / c. ``scratch``: same shape."""
-    # w ≥ 0 in exact arithmetic; rounding can push it below 0, where sqrt(w² + 2w) is NaN
-    w.clamp_min_(0)
-    torch.mul(w, w, out=scratch).add_(w, alpha=2).sqrt_().add_(w).log1p_()      # acosh(1 + w)
-    torch.mul(scratch, scratch, out=w).mul_(1 / c)
+_LN2 = math.log(2)
+# Where 1 + a rounds to 1 (a < 6e-8), log2(1 + a) is exactly 0: clamping the divisor a/(v - 1) away from 0 keeps
+# the quotient finite, so the product is 0 (d² < 4e-15, below the distances' floor) instead of 0·inf = NaN.
+_TINY_DIVISOR = 1e-30
+
+
+def _acosh1p_log2(w: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """acosh(1 + w) / ln 2 for a Lorentz factor's w = c·⟨x-y, x-y⟩_L / 2 (any shape), into ``out`` (same shape);
+    ``w`` is overwritten.
+
+    acosh(1 + w) = log1p(a) with a = w + sqrt(w² + 2w) (no cancellation near 0), and log1p(a) = ln(v)·a/(v - 1)
+    with v = fl(1 + a) (Goldberg 1991, Theorem 4): as accurate as log1p, but built on torch's vectorised log2
+    (~1 ns per element on CPU) where torch.log1p, acosh and asinh are scalar loops (17-28 ns).
+    """
+    # w ≥ 0 in exact arithmetic; rounding can push it below 0, where sqrt(w + 2)·sqrt(w) is NaN. The upper bound
+    # keeps a = 2w + 1 finite (inf/inf would be NaN); it only caps distances above ~88/√c (fp32) as equal.
+    w.clamp_(0, torch.finfo(w.dtype).max / 4)
+    a = torch.add(w, 2, out=out).sqrt_().mul_(w.sqrt()).add_(w)     # sqrt(w² + 2w) without overflowing w²
+    v_minus_1 = torch.add(a, 1, out=w).sub_(1)                 # exact (Sterbenz): fl(1 + a) - 1
+    a.div_(v_minus_1.clamp_min_(_TINY_DIVISOR))                 # a / (v - 1), 1 up to rounding
+    return a.mul_(v_minus_1.add_(1).log2_())                    # log2(v) · a / (v - 1) = log1p(a) / ln 2
 
 
 def _ranking_key(geometry: Geometry) -> _Key:

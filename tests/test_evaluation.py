@@ -6,13 +6,14 @@ so no two distances tie.
 """
 import math
 
+import mpmath
 import numpy as np
 import pytest
 import torch
 from sklearn.neighbors import KNeighborsClassifier
 
-from hybridzoo.evaluation import (knn_accuracies, knn_accuracy, knn_classify, knn_topk, knn_votes,
-                                  linear_probe)
+from hybridzoo.evaluation import (_LN2, _acosh1p_log2, knn_accuracies, knn_accuracy, knn_classify, knn_topk,
+                                  knn_votes, linear_probe)
 from hybridzoo.geometry import Euclidean, Geometry, Lorentz, Product, Sphere
 
 TAU = 0.07
@@ -139,7 +140,13 @@ def test_fp32_product_and_sphere_search_near_origin():
 
 def test_ties_go_to_the_smaller_index_and_the_smaller_label():
     geometry = Euclidean()
-    base = torch.nn.functional.normalize(torch.randn(20, 8), dim=1)
+    # unit vectors with four entries ±1/2: every dot product is a sum of ±1/4, exact in any summation order, so
+    # the duplicates tie exactly even when blocks of different shapes take different matmul kernels
+    gen = torch.Generator().manual_seed(0)
+    base = torch.zeros(20, 8)
+    for row in base:
+        row[torch.randperm(8, generator=gen)[:4]] = 0.5 * (2 * torch.randint(0, 2, (4,), generator=gen) - 1)
+    assert len(torch.unique(base, dim=0)) == 20
     train = torch.cat([base, base])             # every point twice: indices i and i + 20 tie exactly
     for train_block in (4096, 16, 7):           # the duplicate in the same block or in a later one
         _, indices = knn_topk(train, base, geometry, k=1, train_block=train_block)
@@ -238,3 +245,23 @@ def test_linear_probe_on_tangent_vectors_and_numpy():
     assert result["top1"] > 0.8 and "top5" not in result
     with pytest.raises(ValueError, match="val_fraction"):
         linear_probe(tangent, labels, tangent, labels, val_fraction=1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_product_search_acosh_matches_mpmath(dtype):
+    """The product search's acosh(1 + w) (vectorised log2 with Goldberg's log1p correction) against 50-digit
+    mpmath from w = 1e-14 (d ≈ 1.4e-7) to the dtype's overflow region; below 1 + a = 1 it reads 0; never NaN."""
+    mpmath.mp.dps = 50
+    top = 37 if dtype == torch.float32 else 300
+    w = torch.logspace(-14, top, 1500, dtype=torch.float64).to(dtype)
+    reference = torch.tensor([float(mpmath.acosh(1 + mpmath.mpf(float(v)))) for v in w.double()],
+                             dtype=torch.float64)
+    got = _acosh1p_log2(w.clone(), torch.empty_like(w)).double() * _LN2
+    ulps = ((got - reference).abs() / reference / torch.finfo(dtype).eps).max().item()
+    assert ulps < 4, ulps
+    finfo = torch.finfo(dtype)
+    edge = torch.tensor([-1e-7, 0.0, 1e-30, finfo.max, math.inf], dtype=dtype)
+    out = _acosh1p_log2(edge.clone(), torch.empty_like(edge))
+    assert torch.isfinite(out).all() and (out >= 0).all()
+    assert out[0] == out[1] == 0                      # rounding below 0 means coincident points
+    assert out[3] == out[4] == out.max()              # beyond the cap every distance reads the same, finitely
