@@ -84,13 +84,21 @@ def train(command: list[str], output: Path, log: Path) -> None:
 
 
 def evaluate(output: Path, dataset: str, size: dict, seed: int) -> dict:
-    """Frozen-embedding metrics of a trained model folder (hybridzoo.evaluate), plus its training figures."""
+    """Frozen-embedding metrics of a trained model folder (hybridzoo.evaluate), plus its training figures.
+
+    The evaluation is kept in ``output/benchmark-eval.json`` and reused while the model file and the evaluation
+    subset are unchanged, so evaluating more seeds later does not repeat the finished ones."""
     from hybridzoo.evaluate import evaluate_model
 
+    cache = output / "benchmark-eval.json"
+    key = {"dataset": dataset, "train_samples": size["train_samples"], "test_samples": size["test_samples"],
+           "seed": seed, "weights_mtime_ns": (output / "model.safetensors").stat().st_mtime_ns}
+    if cache.is_file() and json.loads(cache.read_text())["key"] == key:
+        return json.loads(cache.read_text())["result"]
     result = evaluate_model(output, dataset, max_train_samples=size["train_samples"],
                             max_test_samples=size["test_samples"], ks=(1, 20), seed=seed)["metrics"]
     metrics = json.loads((output / "metrics.json").read_text())
-    return {
+    row = {
         "knn1": result["knn_top1_k1"], "knn20": result["knn_top1_k20"],
         "linear_probe": result["linear_probe_top1_features"],
         "mistake_severity": result.get("mistake_severity_knn1", float("nan")),
@@ -98,6 +106,8 @@ def evaluate(output: Path, dataset: str, size: dict, seed: int) -> dict:
         "knn_history": metrics.get("knn_history", []),
         **{k: v for k, v in metrics.items() if k.startswith(("curvature", "alpha"))},
     }
+    atomic_write(cache, json.dumps({"key": key, "result": row}, indent=2).encode())
+    return row
 
 
 def raw_pixel_knn(train_set, test_set) -> float:
