@@ -5,7 +5,9 @@
 and computes:
 
 - ``knn_top1_k{k}``: k-NN top-1 accuracy with the model's own geometry (:func:`hybridzoo.evaluation.knn_accuracies`,
-  one search for every k; k larger than the training set is clamped to it, with a note);
+  one search for every k; k larger than the training set is clamped to it, with a note), votes weighted by
+  exp(s/0.07); and for k > 1 ``knn_top1_k{k}_uniform``, the majority vote of the same neighbours, which does not
+  depend on the scale of s (cosine in [-1, 1] vs distances in [0, ∞));
 - ``linear_probe_top1_features``: linear probe (:func:`hybridzoo.evaluation.linear_probe`) on the pooled backbone
   features, and ``linear_probe_top1_tangent`` on the head's tangent vectors at the origin,
   ``model.geometry.logmap0(embeddings)``;
@@ -130,8 +132,9 @@ def evaluate_model(model_or_name: HybridModel | str | Path, dataset: str, *, spl
     num_classes = int(max(labels.max(), targets.max())) + 1
     neighbour_labels = labels[indices]
     for k in used_ks:
-        predicted = _vote(sims[:, :k], neighbour_labels[:, :k], num_classes, _KNN_TEMPERATURE, "exp").argmax(1)
-        metrics[f"knn_top1_k{k}"] = (predicted == targets).double().mean().item()
+        for weights, suffix in (("exp", ""), ("uniform", "_uniform")) if k > 1 else (("exp", ""),):
+            predicted = _vote(sims[:, :k], neighbour_labels[:, :k], num_classes, _KNN_TEMPERATURE, weights).argmax(1)
+            metrics[f"knn_top1_k{k}{suffix}"] = (predicted == targets).double().mean().item()
 
     probes = {}
     if linear_probe:

@@ -84,8 +84,8 @@ def test_train_skips_finished_runs_and_reports_failures(benchmark, tmp_path):
 
 
 def synthetic_run(knn1: float, epochs: int = 3) -> dict:
-    return {"knn1": knn1, "knn20": knn1 + 0.05, "linear_probe": 0.5, "mistake_severity": 1.3,
-            "train_images_per_second": 400.0, "curvature_0_lorentz": 0.8,
+    return {"knn1": knn1, "knn20": knn1 + 0.05, "knn20_majority": knn1 + 0.04, "linear_probe": 0.5,
+            "mistake_severity": 1.3, "train_images_per_second": 400.0, "curvature_0_lorentz": 0.8,
             "knn_history": [{"epoch": e, "knn_top1_k1": knn1 * e / epochs} for e in range(1, epochs + 1)]}
 
 
@@ -124,7 +124,7 @@ def test_benchmark_end_to_end_on_digits(tmp_path):
     for seed_rows in digits["seeds"].values():
         assert 0.5 < seed_rows["raw_pixel_knn1"] <= 1.0          # raw pixels are strong on digits
         for run in seed_rows["variants"].values():
-            for metric in ("knn1", "knn20", "linear_probe"):
+            for metric in ("knn1", "knn20", "knn20_majority", "linear_probe"):
                 assert 0.1 < run[metric] <= 1.0                      # far above chance (0.1) even after one epoch
             assert [h["epoch"] for h in run["knn_history"]] == [1]
     assert digits["summary"]["variants"]["lorentz"]["knn1"]["n"] == 2

@@ -42,8 +42,8 @@ def evaluated(tiny_model):
 
 def test_evaluate_model_metrics_match_hand_computation(evaluated, tiny_model):
     metrics = evaluated["metrics"]
-    expected_keys = {"knn_top1_k1", "knn_top1_k5", "linear_probe_top1_features", "linear_probe_top1_tangent",
-                     "mistake_severity_knn1", "hierarchical_distance_at_5"}
+    expected_keys = {"knn_top1_k1", "knn_top1_k5", "knn_top1_k5_uniform", "linear_probe_top1_features",
+                     "linear_probe_top1_tangent", "mistake_severity_knn1", "hierarchical_distance_at_5"}
     assert set(metrics) == expected_keys
     for key in expected_keys - {"mistake_severity_knn1", "hierarchical_distance_at_5"}:
         assert 0.0 <= metrics[key] <= 1.0, key
@@ -58,6 +58,9 @@ def test_evaluate_model_metrics_match_hand_computation(evaluated, tiny_model):
     for k in (1, 5):
         assert metrics[f"knn_top1_k{k}"] == knn_accuracy(train_out["embeddings"], train_set.labels,
                                                           test_out["embeddings"], test_set.labels, geometry, k=k)
+    assert metrics["knn_top1_k5_uniform"] == knn_accuracy(train_out["embeddings"], train_set.labels,
+                                                          test_out["embeddings"], test_set.labels, geometry, k=5,
+                                                          weights="uniform")
     probe = linear_probe(train_out["features"], train_set.labels, test_out["features"], test_set.labels, **PROBE)
     assert metrics["linear_probe_top1_features"] == probe["top1"]
     with torch.no_grad():
@@ -82,7 +85,8 @@ def test_evaluate_model_metrics_match_hand_computation(evaluated, tiny_model):
 def test_unknown_tree_is_skipped_with_a_note_and_k_clamped(tiny_model):
     results = evaluate_model(tiny_model, "digits", max_train_samples=20, max_test_samples=10, ks=(1, 50),
                              linear_probe=False, delta=True, device="cpu")
-    assert set(results["metrics"]) == {"knn_top1_k1", "knn_top1_k20", "delta_rel", "suggested_curvature"}
+    assert set(results["metrics"]) == {"knn_top1_k1", "knn_top1_k20", "knn_top1_k20_uniform", "delta_rel",
+                                       "suggested_curvature"}
     assert any("hierarchy metrics skipped" in note for note in results["notes"])
     assert any("clamped" in note for note in results["notes"])
     assert 0.0 <= results["metrics"]["delta_rel"] <= 1.0
@@ -124,7 +128,7 @@ def test_cli_eval(tiny_model, tmp_path, capsys):
                  "--k", "1", "3", "--no-linear-probe", "--out", str(out), "--update-card", "--quiet"])
     assert code == 0
     data = json.loads((out / "results.json").read_text())
-    assert set(data["metrics"]) == {"knn_top1_k1", "knn_top1_k3"}
+    assert set(data["metrics"]) == {"knn_top1_k1", "knn_top1_k3", "knn_top1_k3_uniform"}
     assert data["train_samples"] == 40 and data["test_samples"] == 20 and data["command"]
     assert "knn_top1_k3" in (folder / "README.md").read_text()
     assert "knn_top1_k1:" in capsys.readouterr().out
