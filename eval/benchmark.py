@@ -86,15 +86,17 @@ def train(command: list[str], output: Path, log: Path) -> None:
 def evaluate(output: Path, dataset: str, size: dict, seed: int) -> dict:
     """Frozen-embedding metrics of a trained model folder (hybridzoo.evaluate), plus its training figures.
 
-    The evaluation is kept in ``output/benchmark-eval.json`` and reused while the model file and the evaluation
-    subset are unchanged, so evaluating more seeds later does not repeat the finished ones."""
+    The evaluation is kept in ``output/benchmark-eval.json`` and reused while the model file, the evaluation
+    subset and the list of metrics are unchanged, so evaluating more seeds later does not repeat finished ones."""
     from hybridzoo.evaluate import evaluate_model
 
     cache = output / "benchmark-eval.json"
     key = {"dataset": dataset, "train_samples": size["train_samples"], "test_samples": size["test_samples"],
-           "seed": seed, "weights_mtime_ns": (output / "model.safetensors").stat().st_mtime_ns}
-    if cache.is_file() and json.loads(cache.read_text())["key"] == key:
-        return json.loads(cache.read_text())["result"]
+           "seed": seed, "weights_mtime_ns": (output / "model.safetensors").stat().st_mtime_ns,
+           "metrics": list(METRICS)}
+    cached = json.loads(cache.read_text()) if cache.is_file() else {}
+    if cached.get("key") == key:
+        return cached["result"]
     result = evaluate_model(output, dataset, max_train_samples=size["train_samples"],
                             max_test_samples=size["test_samples"], ks=(1, 20), seed=seed)["metrics"]
     metrics = json.loads((output / "metrics.json").read_text())
