@@ -235,9 +235,9 @@ def main() -> None:
     results = {}
     for dataset in args.datasets:
         per_seed = {}
+        test_set = load_image_set(dataset, "test", max_samples=size["test_samples"])    # fixed: same for every seed
         for seed in args.seeds:
             train_set = load_image_set(dataset, "train", max_samples=size["train_samples"], seed=seed)
-            test_set = load_image_set(dataset, "test", max_samples=size["test_samples"], seed=seed)
             per_seed[seed] = {"raw_pixel_knn1": raw_pixel_knn(train_set, test_set), "variants": {
                 v: evaluate(args.work_dir / dataset / v / f"seed{seed}", dataset, size, seed) for v in args.variants}}
         results[dataset] = {"seeds": per_seed, "summary": summarize_dataset(per_seed)}
