@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -128,9 +129,8 @@ def summarize(runs: list[dict]) -> dict:
     summary = {}
     for key in keys:
         values = [float(r[key]) for r in runs]
-        mean = sum(values) / len(values)
-        var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
-        summary[key] = {"mean": mean, "std": var ** 0.5, "n": len(values)}
+        summary[key] = {"mean": statistics.fmean(values),
+                        "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
     return summary
 
 
