@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import statistics
 import subprocess
@@ -129,13 +130,20 @@ def summarize(runs: list[dict]) -> dict:
     summary = {}
     for key in keys:
         values = [float(r[key]) for r in runs]
+        if not all(math.isfinite(v) for v in values):
+            # A metric a run could not compute (NaN, e.g. mistake severity without a class tree) has no mean;
+            # statistics.stdev raises on non-finite input rather than returning NaN.
+            summary[key] = {"mean": math.nan, "std": math.nan, "n": len(values)}
+            continue
         summary[key] = {"mean": statistics.fmean(values),
                         "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
     return summary
 
 
 def format_stat(stat: dict, digits: int = 3) -> str:
-    """``0.354`` for one seed, ``0.354 ± 0.004`` for several."""
+    """``0.354`` for one seed, ``0.354 ± 0.004`` for several, ``n/a`` where the runs had no value."""
+    if not math.isfinite(stat["mean"]):
+        return "n/a"
     text = f"{stat['mean']:.{digits}f}"
     return text + f" ± {stat['std']:.{digits}f}" if stat["n"] > 1 else text
 

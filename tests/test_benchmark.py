@@ -67,6 +67,14 @@ def test_summarize_matches_numpy(benchmark):
     assert benchmark.format_stat(summary["knn1"]) == f"0.320 ± {np.std([0.31, 0.35, 0.30], ddof=1):.3f}"
 
 
+def test_summarize_reports_nan_for_a_metric_a_run_could_not_compute(benchmark):
+    runs = [{"knn1": 0.31, "mistake_severity": float("nan")}, {"knn1": 0.35, "mistake_severity": float("nan")}]
+    summary = benchmark.summarize(runs)
+    assert summary["knn1"]["mean"] == pytest.approx(0.33)
+    assert np.isnan(summary["mistake_severity"]["mean"]) and np.isnan(summary["mistake_severity"]["std"])
+    assert benchmark.format_stat(summary["mistake_severity"]) == "n/a"
+
+
 def test_train_skips_finished_runs_and_reports_failures(benchmark, tmp_path):
     finished = tmp_path / "done"
     finished.mkdir()
