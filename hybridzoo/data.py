@@ -109,6 +109,12 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.images)
 
+    def select(self, rows: torch.Tensor | np.ndarray, name: str | None = None) -> "ImageSet":
+        """The images at ``rows`` ((M,) integer positions in this set), keeping their source indices."""
+        rows = torch.as_tensor(rows, dtype=torch.int64)
+        return ImageSet(images=self.images[rows], labels=self.labels[rows], class_names=self.class_names,
+                        name=name or self.name, indices=self.indices[rows])
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
@@ -165,6 +171,23 @@ def load_image_set(source: str | Path, split: str = "train", *, max_samples: int
         images, labels, class_names, rows, resolved = _load_path_or_hub(source, split, pick, cache_dir, image_size)
     return ImageSet(images=images, labels=torch.as_tensor(labels, dtype=torch.int64), class_names=list(class_names),
                     name=f"{name}:{resolved}", indices=torch.as_tensor(rows, dtype=torch.int64))
+
+
+def split_validation(images: ImageSet, fraction: float) -> tuple[ImageSet, ImageSet]:
+    """Hold out a fixed, class-stratified ``fraction`` of ``images`` (a training split) as a validation set.
+
+    For hyperparameter search: choose settings on images the model never trains on without touching the test
+    split. The split uses the fixed seed, so every trial of a sweep sees the same validation images.
+    Returns (train, validation), disjoint and together ``images``; names end in ``-fit`` / ``-validation``.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"the validation fraction must lie strictly between 0 and 1; got {fraction}")
+    train_rows, validation_rows = _stratified_split(images.labels.numpy(), fraction)
+    if len(train_rows) == 0 or len(validation_rows) == 0:
+        raise ValueError(f"holding out {fraction:.0%} of {len(images)} images leaves an empty split; "
+                         f"use more images or another fraction")
+    return (images.select(train_rows, name=f"{images.name}-fit"),
+            images.select(validation_rows, name=f"{images.name}-validation"))
 
 
 #: Named datasets kept as Hugging Face parquet folders: looked up under $HYBRIDZOO_DATA_DIR/<name>, then

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .data import ImageSet, TransformedDataset, load_image_set, transforms_for
+from .data import ImageSet, TransformedDataset, load_image_set, split_validation, transforms_for
 from .evaluation import knn_accuracies
 from .extract import extract
 from .geometry import CurvedGeometry, Product
@@ -65,6 +65,9 @@ class TrainConfig:
     augment: dict = dataclasses.field(default_factory=dict)
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    #: Hold out this class-stratified fraction of the (subsampled) training split, never trained on, and report
+    #: k-NN on it instead of on the test split (for hyperparameter search; the test split is then not read).
+    validation_fraction: float | None = None
     knn_train_samples: int | None = 10000
     knn_every: int = 0
     knn_before_training: bool = True
@@ -248,7 +251,11 @@ def train(config: TrainConfig) -> dict:
     set_seed(config.seed)
     model = _build_model(config)
     train_set = load_image_set(config.dataset, "train", max_samples=config.max_train_samples, seed=config.seed)
-    test_set = load_image_set(config.dataset, "test", max_samples=config.max_eval_samples)
+    if config.validation_fraction:
+        train_set, test_set = split_validation(train_set, config.validation_fraction)
+        test_set = _subset(test_set, config.max_eval_samples)
+    else:
+        test_set = load_image_set(config.dataset, "test", max_samples=config.max_eval_samples)
     knn_train_set = _subset(train_set, config.knn_train_samples)
     train_transform, eval_transform = transforms_for(model, **config.augment)
     views = EpochSeededViews(train_set, train_transform, seed=config.seed)
@@ -356,7 +363,7 @@ def _subset(images: ImageSet, size: int | None) -> ImageSet:
     if size is None or size >= len(images):
         return images
     keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:size]
-    return dataclasses.replace(images, images=images.images[keep], labels=images.labels[keep])
+    return images.select(keep)
 
 
 def _write_outputs(model: HybridModel, config: TrainConfig, results: dict, train_set: ImageSet,
@@ -366,7 +373,8 @@ def _write_outputs(model: HybridModel, config: TrainConfig, results: dict, train
     recipe = dataclasses.asdict(config)
     command = "accelerate launch training/pretrain.py " + " ".join(sys.argv[1:])
     card_results = {k: v for k, v in results.items() if isinstance(v, (int, float))}
-    training = {"dataset": f"{config.dataset} ({len(train_set)} train / {len(test_set)} test images)",
+    held_out = "validation (held out of train)" if config.validation_fraction else "test"
+    training = {"dataset": f"{config.dataset} ({len(train_set)} train / {len(test_set)} {held_out} images)",
                 "objective": config.objective, "epochs": config.epochs, "batch size per process": config.batch_size,
                 "image size": config.image_size, "command": f"`{command}`",
                 "recipe": f"`{json.dumps({k: v for k, v in recipe.items() if v not in (None, {}, [])})}`"}

@@ -21,7 +21,7 @@ from torchvision.transforms import v2
 
 import hybridzoo.data as data
 from hybridzoo.data import (DATASET_NAMES, FASHION_MNIST_CLASSES, ImageSet, TransformedDataset, TwoViewDataset,
-                            eval_transform, load_image_set, simclr_transform, transforms_for)
+                            eval_transform, load_image_set, simclr_transform, split_validation, transforms_for)
 from hybridzoo.errors import DataNotFoundError, HybridZooError, ImageInputError
 
 SHARED_DATA = Path(os.environ.get("HYBRIDZOO_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -100,6 +100,26 @@ def test_max_samples_is_stratified_seeded_on_train_and_fixed_on_test():
     assert len(load_image_set("digits", "test", max_samples=10_000)) == 359  # more than there is: all of it
     with pytest.raises(ValueError, match="max_samples"):
         load_image_set("digits", max_samples=0)
+
+
+def test_split_validation_is_stratified_disjoint_fixed_and_keeps_source_rows():
+    train = load_image_set("digits", "train", max_samples=500, seed=3)
+    fit, validation = split_validation(train, 0.2)
+    assert len(fit) + len(validation) == len(train)
+    assert set(fit.indices.tolist()).isdisjoint(validation.indices.tolist())
+    assert sorted(fit.indices.tolist() + validation.indices.tolist()) == train.indices.tolist()
+    per_class = train.labels.bincount(minlength=10)
+    assert validation.labels.bincount(minlength=10).tolist() == [int(n * 0.2 + 0.5) for n in per_class.tolist()]
+    for part in (fit, validation):  # images and labels still belong to the same source rows
+        rows = [train.indices.tolist().index(i) for i in part.indices.tolist()]
+        assert torch.equal(part.images, train.images[rows]) and torch.equal(part.labels, train.labels[rows])
+    assert torch.equal(split_validation(train, 0.2)[1].indices, validation.indices)  # same split every call
+    assert validation.name == "digits:train-validation" and fit.name == "digits:train-fit"
+    for bad in (0, 1, -0.1, 1.5):
+        with pytest.raises(ValueError, match="strictly between 0 and 1"):
+            split_validation(train, bad)
+    with pytest.raises(ValueError, match="empty split"):
+        split_validation(train.select(torch.arange(10)), 0.01)
 
 
 def test_stratified_subset_allocates_by_class_size():
