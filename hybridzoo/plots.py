@@ -3,6 +3,7 @@
 - :func:`plot_poincare_disk`: embeddings in the Poincaré disk of radius 1/√c.
 - :func:`plot_radius_vs_depth`: per class, mean geodesic distance to the origin against the class's depth in a tree.
 - :func:`plot_knn_vs_epochs`: k-NN accuracy against epochs for several runs (``knn_history`` of metrics.json).
+- :func:`plot_sweep`: a hyperparameter sweep's score per trial (with the running best) and against each parameter.
 
 Projection to the disk (:func:`poincare_projection`)
 -----------------------------------------------------
@@ -29,7 +30,8 @@ import torch
 from .geometry import Geometry, Lorentz, Product
 from .hub import atomic_write
 
-__all__ = ["poincare_projection", "class_radii", "plot_poincare_disk", "plot_radius_vs_depth", "plot_knn_vs_epochs"]
+__all__ = ["poincare_projection", "class_radii", "plot_poincare_disk", "plot_radius_vs_depth", "plot_knn_vs_epochs",
+           "plot_sweep"]
 
 
 def _pyplot():
@@ -185,4 +187,51 @@ def plot_knn_vs_epochs(histories: Mapping[str, Sequence[Mapping]], path: str | P
     ax.set_title(title or f"{metric} during training")
     if histories or baselines:
         ax.legend(frameon=False, fontsize=8)
+    return _save(fig, path)
+
+
+def plot_sweep(trials: Sequence[Mapping], space: Mapping[str, Mapping], metric: str, path: str | Path) -> Path:
+    """Score against trial number (with the running best), then one panel per searched parameter.
+
+    ``trials``: ``[{"number": n, "value": score or None, "params": {name: value}}, ...]`` (unscored trials are
+    skipped); ``space``: the sweep's space (a ``"log": true`` parameter gets a log axis; categorical values are
+    placed at their index in ``"choices"``).
+    """
+    plt = _pyplot()
+    from matplotlib import ticker
+
+    scored = [t for t in trials if t.get("value") is not None]
+    fig, axes = plt.subplots(1, 1 + len(space), figsize=(3.2 * (1 + len(space)), 3.2), sharey=True, squeeze=False)
+    axes = axes[0]
+    numbers = [t["number"] for t in scored]
+    values = [t["value"] for t in scored]
+    axes[0].scatter(numbers, values, s=14)
+    axes[0].step(numbers, np.maximum.accumulate(values) if values else [], where="post", color="C1",
+                 label="best so far")
+    axes[0].set_xlabel("trial")
+    axes[0].set_ylabel(metric)
+    axes[0].legend(frameon=False, fontsize=8)
+    best = max(scored, key=lambda t: t["value"]) if scored else None
+    for ax, (name, param) in zip(axes[1:], space.items()):
+        choices = list(param.get("choices", []))
+        xs = [choices.index(t["params"][name]) if choices else t["params"][name] for t in scored]
+        ax.scatter(xs, values, s=14)
+        if best is not None:
+            x_best = choices.index(best["params"][name]) if choices else best["params"][name]
+            ax.scatter([x_best], [best["value"]], s=60, facecolors="none", edgecolors="C3", label="best")
+        if choices:
+            ax.set_xticks(range(len(choices)), [str(c) for c in choices], fontsize=7)
+            ax.set_xlim(-0.5, len(choices) - 0.5)
+        else:
+            if param.get("log"):
+                ax.set_xscale("log")
+                # Plain numbers at 1, 2, 5 per decade; the default minor-tick labels overlap.
+                ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+                ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+                ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+            pad = (param["high"] / param["low"]) ** 0.03 if param.get("log") else None
+            low, high = (param["low"] / pad, param["high"] * pad) if pad else (param["low"], param["high"])
+            ax.set_xlim(low, high)  # the whole searched range, so its unexplored parts show
+        ax.set_xlabel(name)
+    fig.suptitle(f"sweep: {metric} on the validation split ({len(scored)} scored trials)", fontsize=10)
     return _save(fig, path)
