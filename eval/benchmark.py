@@ -152,6 +152,7 @@ def write_tables(results: dict, size: dict, command: str, seeds: list[int], out:
     """``results[dataset] = {"seeds": {seed: {"raw_pixel_knn1", "variants": {variant: metrics}}}, "summary": ...}``."""
     out.mkdir(parents=True, exist_ok=True)
     document = {"size": size, "command": command, "seeds": seeds, "results": results}
+    variants = {v for rows in results.values() for v in rows["summary"]["variants"]}
     atomic_write(out / "results.json", json.dumps(document, indent=2).encode())
     seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean ± std over seeds {', '.join(map(str, seeds))}"
     lines = [f"# Head benchmark ({size['name']} size)", "",
@@ -163,7 +164,9 @@ def write_tables(results: dict, size: dict, command: str, seeds: list[int], out:
               f"(s = cos for the euclidean head, -d for the others), 20-NN majority counts them equally; the linear "
               f"probe uses backbone features; mistake severity = mean LCA height of 1-NN errors in the class tree "
               f"(lower is better). Throughput is training images/s (two views per image count twice), wall-clock "
-              f"over the whole run including per-epoch k-NN."), ""]
+              f"over the whole run including per-epoch k-NN."), "",
+             "Heads (recipe fields that differ; everything else is shared): " + "; ".join(
+                 f"**{name}** `{json.dumps(spec)}`" for name, spec in VARIANTS.items() if name in variants), ""]
     for dataset, rows in results.items():
         summary = rows["summary"]
         lines += [f"## {dataset}", "", f"Raw-pixel 1-NN: {format_stat(summary['raw_pixel_knn1'])}", "",

@@ -109,6 +109,8 @@ def test_tables_and_plot_over_seeds(benchmark, tmp_path):
     assert f"| euclidean | 0.355 ± {np.std([0.35, 0.36], ddof=1):.3f} |" in table
     assert f"| lorentz | 0.320 ± {np.std([0.33, 0.31], ddof=1):.3f} |" in table
     assert "curvature_0_lorentz=0.8" in table
+    assert '**lorentz** `{"head": "lorentz", "temperature": 0.1}`' in table   # each benchmarked head's settings
+    assert "**product**" not in table                                        # only the heads in this table
     document = json.loads((tmp_path / "results.json").read_text())
     assert document["seeds"] == [0, 1]
     assert document["results"]["cifar10"]["summary"]["variants"]["lorentz"]["knn1"]["n"] == 2
