@@ -52,8 +52,14 @@ Each (query tile, training block) pair is scored with ONE matmul of prepared vec
   then dᵢ² elementwise (Lorentz: acosh(1 + w)²/c from sqrt and log2 with Goldberg's log1p correction, because
   torch's CPU log1p, acosh and asinh are scalar loops, 17-28 ns per element, where log2 and sqrt take ~1 ns;
   sphere: (2/√c · asin √z)²; Euclidean factors: ‖x - y‖² added by the matmul itself). This elementwise work,
-  several passes over every score tile on top of matmuls as costly as cosine's one, keeps product search well
-  below cosine speed on CPU (benchmarks/README.md); only a fused kernel could close most of the gap.
+  several passes over every score tile on top of matmuls as costly as cosine's one, keeps a full product search
+  well below cosine speed on CPU (benchmarks/README.md).
+- product, bounded (k ≤ ``BOUNDED_MAX_K``, when every factor is Euclidean, Lorentz or spherical): each factor
+  has a lower bound that is a plain Euclidean distance of per-point vectors — Lorentz d ≥ 2‖p_x - p_y‖ with p the
+  Poincaré-ball coordinates, sphere arc ≥ chord — so ONE flat matmul search (cosine's cost, no transcendental
+  functions) finds the m = 4k + 16 nearest by the bound; their exact distances give the answer, which is
+  certified exact when the m-th bound exceeds the k-th exact distance (every other point is then farther). The
+  few queries without that certificate are searched in full (:func:`_bounded_product_search`).
 - any other geometry: ``geometry.logits(x, y, temperature=1)`` (its default logits).
 
 The similarities of the k winners (for the weights, and returned by :func:`knn_topk`) follow from their keys
@@ -92,6 +98,9 @@ QUERY_BLOCK = 4096
 #: than from memory; accelerators want large matmuls.
 TRAIN_BLOCK_CPU = 2048
 TRAIN_BLOCK_ACCELERATOR = 32768
+#: Largest k for which product spaces use the bounded search (:func:`_bounded_product_search`); beyond it keeping
+#: 4k + 16 candidates per query costs more than the full search saves (benchmarks/README.md).
+BOUNDED_MAX_K = 20
 #: Query rows scored together against one training block on CPU (on accelerators: the whole query block).
 _TILE_ROWS_CPU = 128
 
@@ -274,18 +283,64 @@ class _ProductKey(_Key):
                 total.add_(c.pairwise_distance(qp, tp).square())
             else:
                 factor = torch.mm(qp, tp.T, out=ws.get("factor", shape, qp))
-                if kind == "lorentz":
-                    d = _acosh1p_log2(factor, ws.get("scratch", shape, qp))     # acosh(1 + w) / ln 2
-                    total.addcmul_(d, d, value=_LN2 ** 2 / c)
-                else:
-                    # clamp to [0, 1]: rounding can leave sqrt's domain (coincident points) or asin's (antipodes)
-                    d = factor.clamp_(0, 1).sqrt_().asin_()
-                    total.addcmul_(d, d, value=4 / c)
+                _add_curved_sq_distance(total, kind, c, factor, ws.get("scratch", shape, qp))
         return total.neg_()
+
+    @property
+    def has_bounds(self) -> bool:
+        """Whether every factor has a lower bound (:meth:`bound_points`) for the bounded search."""
+        return all(kind != "other" for kind, _ in self.kinds)
+
+    def candidate_sq_distances(self, queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Exact d² between each query and its own candidates: queries (B, P), candidates (B, m, P) -> (B, m).
+
+        The same per-factor quantities and elementwise forms as :meth:`score`, from batched row-wise products."""
+        b, m, p = candidates.shape
+        total = queries.new_zeros((b, m))
+        q_parts, t_parts = self.prepare_queries(queries), self.prepare_train(candidates.reshape(b * m, p))
+        for (kind, c), qp, tp in zip(self.kinds, q_parts, t_parts):
+            factor = torch.bmm(tp.reshape(b, m, -1), qp.unsqueeze(2)).squeeze(2)
+            if kind == "flat":
+                total.add_(factor)
+            else:
+                _add_curved_sq_distance(total, kind, c, factor, torch.empty_like(factor))
+        return total
+
+    def bound_points(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Vectors whose squared Euclidean distance is a lower bound of d²: (B, P) -> (B, P'), or None when a
+        factor has no such bound.
+
+        Euclidean factors: the points themselves (exact). Lorentz factors: 2 × the Poincaré-ball coordinates
+        p = x_s / (1 + √c·x₀) — the ball's metric is 2‖dp‖ / (1 - c‖p‖²) ≥ 2‖dp‖, so every path, the geodesic
+        included, is at least twice as long as the straight segment: d ≥ 2‖p_x - p_y‖ (tight near the origin,
+        looser by cosh²(√c·r/2) at radius r). Sphere factors: the ambient coordinates (the chord is no longer
+        than the arc).
+        """
+        parts = []
+        for (kind, c), p in zip(self.kinds, self.geometry.split(x)):
+            if kind == "other":
+                return None
+            if kind == "lorentz":
+                p = 2 * p[:, 1:] / (1 + math.sqrt(c) * p[:, :1])
+            parts.append(p)
+        return torch.cat(parts, 1)
 
     def similarity(self, x, keys):
         # key = -Σ dᵢ² ≤ 0; the clamp only absorbs rounding
         return -(-keys).clamp_min(0).sqrt()
+
+
+def _add_curved_sq_distance(total: torch.Tensor, kind: str, c: float, factor: torch.Tensor,
+                            scratch: torch.Tensor) -> None:
+    """total += d² of a Lorentz or sphere factor, from its prepared product ``factor`` (w for Lorentz, z for the
+    sphere; see :class:`_ProductKey`). ``factor`` is overwritten; ``scratch`` has its shape."""
+    if kind == "lorentz":
+        d = _acosh1p_log2(factor, scratch)                          # acosh(1 + w) / ln 2
+        total.addcmul_(d, d, value=_LN2 ** 2 / c)
+    else:
+        # clamp to [0, 1]: rounding can leave sqrt's domain (coincident points) or asin's (antipodes)
+        d = factor.clamp_(0, 1).sqrt_().asin_()
+        total.addcmul_(d, d, value=4 / c)
 
 
 _LN2 = math.log(2)
@@ -447,14 +502,14 @@ def _check_finite(block: torch.Tensor, what: str) -> None:
         raise ValueError(f"{what} contain NaN or infinite coordinates (or values too large for {block.dtype})")
 
 
-def _search_blocks(train_points: torch.Tensor, query_points: torch.Tensor, geometry: Geometry, k: int,
+def _search_blocks(train_points: torch.Tensor, query_points: torch.Tensor, key: _Key, k: int,
                    dtype: torch.dtype | None, query_block: int, train_block: int | None
                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (similarities (B, k), train indices (B, k)) per query block, nearest first: s = cos or -d.
+    """Yield (similarities (B, k), train indices (B, k)) per query block, nearest first: s = cos or -d
+    (``key.similarity``).
 
     Each training block is prepared once per query block and scored against the query block tile by tile.
     """
-    key = _ranking_key(geometry)
     work = _work_dtype(train_points, dtype)
     device = query_points.device
     on_cpu = device.type == "cpu"
@@ -518,8 +573,93 @@ def knn_topk(train_points: torch.Tensor, query_points: torch.Tensor, geometry: G
     if len(query_points) == 0:
         return (torch.empty((0, k), dtype=_work_dtype(train_points, dtype), device=query_points.device),
                 torch.empty((0, k), dtype=torch.long, device=query_points.device))
-    sims, indices = zip(*_search_blocks(train_points, query_points, geometry, k, dtype, query_block, train_block))
+    key = _ranking_key(geometry)
+    if isinstance(key, _ProductKey) and key.has_bounds and k <= BOUNDED_MAX_K:
+        blocks = _bounded_product_search(train_points, query_points, key, k, dtype, query_block, train_block)
+    else:
+        blocks = _search_blocks(train_points, query_points, key, k, dtype, query_block, train_block)
+    sims, indices = zip(*blocks)
     return torch.cat(sims), torch.cat(indices)
+
+
+class _BoundKey(_FlatKey):
+    """A flat search over a product key's lower-bound vectors (:meth:`_ProductKey.bound_points`): larger key =
+    smaller lower bound of d². Records the largest squared bound-vector norm it prepares, for rounding margins."""
+
+    def __init__(self, product: _ProductKey):
+        self.bound_points = product.bound_points
+        self.max_train_sq = 0.0
+
+    def prepare_queries(self, x):
+        return super().prepare_queries(self.bound_points(x))
+
+    def prepare_train(self, y):
+        bound = self.bound_points(y)
+        self.max_train_sq = max(self.max_train_sq, float(bound.square().sum(1).max()))
+        return super().prepare_train(bound)
+
+    def similarity(self, x, keys):
+        return super().similarity(self.bound_points(x), keys)        # -sqrt(lower bound of d²)
+
+
+#: Elements (rows × candidates × coordinates) of gathered candidate points held at once (64 MiB in fp32).
+_GATHER_ELEMENTS = 1 << 24
+
+
+def _bounded_candidates(k: int) -> int:
+    """Candidates per query kept by the lower-bound pass. On bench_knn's random product points (N = 100,000,
+    d = 128, the hardest case: distances concentrate) the k-th exact neighbour was always among the 17 (k = 1),
+    112 (k = 20) and 755 (k = 200) nearest by the bound; clustered data needs fewer."""
+    return 4 * k + 16
+
+
+def _bounded_product_search(train_points: torch.Tensor, query_points: torch.Tensor, key: _ProductKey, k: int,
+                            dtype: torch.dtype | None, query_block: int, train_block: int | None
+                            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Exact product-space k-NN at nearly the cost of one flat search: the :func:`_search_blocks` contract.
+
+    1. A flat search (one matmul per tile, no transcendental functions) over lower-bound vectors
+       (:meth:`_ProductKey.bound_points`, ‖b(x) - b(y)‖² ≤ d²(x, y)) keeps the m nearest by the bound.
+    2. The exact d² of those m candidates (:meth:`_ProductKey.candidate_sq_distances`) gives the k nearest among
+       them; ties go to the smaller training index, as in the full search.
+    3. Certificate: every other training point has a bound of at least the m-th candidate's, L_m. Where
+       L_m > d²_k (the k-th exact distance) by more than the rounding margin, no other point can be nearer, and the
+       answer is exact. Queries without the certificate are searched again in full (:func:`_search_blocks`).
+    """
+    bound = _BoundKey(key)
+    m = min(len(train_points), _bounded_candidates(k))
+    work = _work_dtype(train_points, dtype)
+    starts = range(0, len(query_points), query_block)
+    for q_start, (bound_sims, candidates) in zip(starts, _search_blocks(train_points, query_points, bound, m, dtype,
+                                                                          query_block, train_block)):
+        queries = query_points[q_start:q_start + query_block].to(work)
+        chunk = max(1, _GATHER_ELEMENTS // (m * train_points.shape[1]))
+        sq = torch.cat([key.candidate_sq_distances(
+            queries[r:r + chunk],
+            train_points[candidates[r:r + chunk].to(train_points.device)].to(device=queries.device, dtype=work))
+            for r in range(0, len(queries), chunk)])
+        # nearest first by exact d²; the stable sort of index-ordered candidates sends ties to the smaller index
+        by_index = candidates.argsort(1)
+        candidates, sq = candidates.gather(1, by_index), sq.gather(1, by_index)
+        nearest = sq.argsort(dim=1, stable=True)[:, :k]
+        best_sq, best = sq.gather(1, nearest), candidates.gather(1, nearest)
+        kth = best_sq[:, -1]
+        if m == len(train_points):
+            certified = torch.ones_like(kth, dtype=torch.bool)
+        else:
+            # Rounding margin: a dot product of P terms errs by at most P·eps·‖x‖‖y‖, and both the bound (from a
+            # matmul of bound vectors) and d²_k (from the factors' products) carry such errors.
+            bound_q_sq = bound.bound_points(queries).square().sum(1)
+            eps = torch.finfo(work).eps
+            margin = 2 * (train_points.shape[1] + 4) * eps * (bound_q_sq + bound.max_train_sq + kth)
+            certified = bound_sims[:, -1].square() > kth + margin
+        sims = key.similarity(queries, -best_sq)
+        redo = (~certified).nonzero().squeeze(1)
+        if len(redo):
+            exact_sims, exact = next(iter(_search_blocks(train_points, queries[redo], key, k, dtype, len(redo),
+                                                         train_block)))
+            sims[redo], best[redo] = exact_sims, exact
+        yield sims, best
 
 
 def _labels(labels, device) -> torch.Tensor:

@@ -12,8 +12,8 @@ import pytest
 import torch
 from sklearn.neighbors import KNeighborsClassifier
 
-from hybridzoo.evaluation import (_LN2, _acosh1p_log2, knn_accuracies, knn_accuracy, knn_classify, knn_topk,
-                                  knn_votes, linear_probe)
+from hybridzoo.evaluation import (_LN2, _acosh1p_log2, _ranking_key, knn_accuracies, knn_accuracy, knn_classify,
+                                  knn_topk, knn_votes, linear_probe)
 from hybridzoo.geometry import Euclidean, Geometry, Lorentz, Product, Sphere
 
 TAU = 0.07
@@ -265,3 +265,91 @@ def test_product_search_acosh_matches_mpmath(dtype):
     assert torch.isfinite(out).all() and (out >= 0).all()
     assert out[0] == out[1] == 0                      # rounding below 0 means coincident points
     assert out[3] == out[4] == out.max()              # beyond the cap every distance reads the same, finitely
+
+
+# ---------------------------------------------------------------------------------------- bounded product search
+
+def _mixed_product(c_lorentz, c_sphere):
+    return Product([(Euclidean(normalize=False), 6), (Lorentz(curvature=c_lorentz), 6),
+                    (Sphere(curvature=c_sphere), 5)])
+
+
+@pytest.mark.parametrize("c", [0.1, 1.0, 5.0])
+@pytest.mark.parametrize("scale", [1e-3, 0.3, 1.0, 3.0])
+def test_product_bound_vectors_never_exceed_the_distance(c, scale):
+    """‖b(x) - b(y)‖² ≤ d²(x, y) (Poincaré factor 2 for Lorentz, chord for the sphere), against float64 distances
+    recomputed independently per factor; tight near the origin, where the ball's metric is 2‖dp‖."""
+    geometry = _mixed_product(c, c)
+    gen = torch.Generator().manual_seed(int(c * 10 + scale * 100))
+    points = geometry.expmap0(torch.randn(200, 17, generator=gen, dtype=torch.float64) * scale)
+    bound = _ranking_key(geometry).bound_points(points)
+    bound_sq = torch.cdist(bound, bound).square()
+    e, h, s = geometry.split(points)
+    hyperbolic = torch.acosh((c * (h[:, :1] * h[:, :1].T - h[:, 1:] @ h[:, 1:].T)).clamp_min(1)) / math.sqrt(c)
+    spherical = torch.acos((c * s @ s.T).clamp(-1, 1)) / math.sqrt(c)
+    exact_sq = torch.cdist(e, e).square() + hyperbolic.square() + spherical.square()
+    far = exact_sq > 1e-12 if scale > 1e-3 else exact_sq > 1e-14   # acos/acosh lose digits at coincidence
+    assert (bound_sq[far] <= exact_sq[far] * (1 + 1e-9)).all()
+    if scale == 1e-3:
+        assert (bound_sq[far] / exact_sq[far]).min() > 0.99          # nearly exact near the origin
+
+
+def _full_product_search(train, queries, geometry, k, dtype):
+    from hybridzoo.evaluation import _search_blocks
+
+    blocks = _search_blocks(train, queries, _ranking_key(geometry), k, dtype, 4096, None)
+    sims, indices = zip(*blocks)
+    return torch.cat(sims), torch.cat(indices)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("data", ["clustered", "random"])
+def test_bounded_product_search_equals_the_full_search(dtype, data, monkeypatch):
+    """Certified queries and re-searched ones alike give the full search's neighbours; both paths run."""
+    import hybridzoo.evaluation as evaluation
+
+    geometry = _mixed_product(0.8, 1.5)
+    if data == "clustered":
+        train, _ = _clustered_points(geometry, 17, 3000, seed=7, dtype=dtype)
+        queries, _ = _clustered_points(geometry, 17, 300, seed=8, dtype=dtype)
+    else:     # concentrated distances: the bound's hardest case
+        gen = torch.Generator().manual_seed(9)
+        train = geometry.expmap0(torch.randn(3000, 17, generator=gen, dtype=dtype) / 17 ** 0.5)
+        queries = geometry.expmap0(torch.randn(300, 17, generator=gen, dtype=dtype) / 17 ** 0.5)
+    ks = (1, 5, evaluation.BOUNDED_MAX_K)
+    references = {k: _full_product_search(train, queries, geometry, k, dtype) for k in ks}
+    redone = []
+    original = evaluation._search_blocks
+
+    def spy(train_points, query_points, key, k, *args):
+        if isinstance(key, evaluation._ProductKey):
+            redone.append(len(query_points))
+        return original(train_points, query_points, key, k, *args)
+
+    monkeypatch.setattr(evaluation, "_search_blocks", spy)
+    for k in ks:
+        redone.clear()
+        sims, indices = knn_topk(train, queries, geometry, k, dtype=dtype, query_block=128, train_block=500)
+        ref_sims, ref_indices = references[k]
+        assert torch.equal(indices, ref_indices), (k, (indices != ref_indices).sum())
+        torch.testing.assert_close(sims, ref_sims, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-6)
+        assert sum(redone) < len(queries), "the bound certified some queries"
+        if data == "clustered" and k == 1:
+            assert sum(redone) < 0.2 * len(queries), redone
+    monkeypatch.setattr(evaluation, "_bounded_candidates", lambda k: k + 1)   # too few: most are searched again
+    redone.clear()
+    assert torch.equal(knn_topk(train, queries, geometry, 5, dtype=dtype)[1], references[5][1])
+    assert sum(redone) > 0
+
+
+def test_bounded_product_search_keeps_ties_on_the_smaller_index():
+    """40 copies of each point (more than the candidates kept for k = 1): the certificate cannot exclude the
+    copies beyond the candidates, so the query is searched in full and the first copy wins."""
+    geometry = _mixed_product(1.0, 1.0)
+    base = geometry.expmap0(torch.randn(10, 17, generator=torch.Generator().manual_seed(3)))
+    train = base.repeat(40, 1)                    # copy j of point i at index 10 j + i
+    _, indices = knn_topk(train, base, geometry, k=1)
+    assert torch.equal(indices[:, 0], torch.arange(10))
+    sims, indices = knn_topk(train, base, geometry, k=3)        # k > 1: which tied copies is arbitrary
+    assert torch.equal(indices % 10, torch.arange(10)[:, None].expand(10, 3))
+    assert (sims > -5e-3).all()                                   # 0 up to fp32's distance floor
