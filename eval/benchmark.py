@@ -34,9 +34,12 @@ from hybridzoo.data import load_image_set  # noqa: E402
 from hybridzoo.evaluation import knn_accuracy  # noqa: E402
 from hybridzoo.geometry import Euclidean  # noqa: E402
 from hybridzoo.hub import atomic_write  # noqa: E402
+from hybridzoo.sweep import apply_params  # noqa: E402
 
 #: Head variants: zoo head and the recipe fields that differ. "lorentz" copies the Euclidean hyperparameters;
-#: "lorentz-tuned" uses what the hyperbolic literature recommends (Hyp-ViT: τ = 0.2, clip radius 2.3; fixed c).
+#: "lorentz-tuned" uses what the hyperbolic literature recommends (Hyp-ViT: τ = 0.2, clip radius 2.3; fixed c);
+#: a "sweep" entry takes the best trial of that sweep (results/sweeps/<name>/best.json, made by
+#: training/sweep.py on a validation split of CIFAR-10's training images), so both heads get tuned settings.
 VARIANTS = {
     "euclidean": {"head": "euclidean", "temperature": 0.1},
     "lorentz": {"head": "lorentz", "temperature": 0.1},
@@ -44,7 +47,10 @@ VARIANTS = {
     "hybrid": {"head": "hybrid", "objective": "hybrid", "factor_temperatures": [0.1, 0.1]},
     "lorentz-tuned": {"head": "lorentz", "temperature": 0.2,
                       "model_overrides": {"clip_radius": 2.3, "learn_curvature": False}},
+    "lorentz-swept": {"head": "lorentz", "sweep": "lorentz-cifar10"},
+    "euclidean-swept": {"head": "euclidean", "sweep": "euclidean-cifar10"},
 }
+SWEEP_RESULTS = ROOT / "results" / "sweeps"
 CPU_SIZE = {"name": "CPU", "backbone": "resnet10t", "epochs": 6, "batch_size": 128, "train_samples": 8000,
             "test_samples": 2000,
             "image_size": 32}
@@ -53,8 +59,25 @@ FULL_SIZE = {"name": "full", "backbone": "resnet18", "epochs": 200, "batch_size"
              "image_size": 32}
 
 
-def pretrain_command(dataset: str, variant: str, size: dict, output: Path, seed: int) -> list[str]:
+def variant_recipe(variant: str) -> dict:
+    """The recipe fields of ``variant``: its VARIANTS entry, a ``sweep`` entry replaced by that sweep's best
+    parameters (floats rounded to 3 significant digits; head settings in ``model_overrides``)."""
     spec = dict(VARIANTS[variant])
+    sweep = spec.pop("sweep", None)
+    if sweep is None:
+        return spec
+    best_file = SWEEP_RESULTS / sweep / "best.json"
+    if not best_file.is_file():
+        raise SystemExit(f"variant {variant!r} uses the best trial of sweep {sweep!r}, but {best_file} is missing; "
+                         f"run: python training/sweep.py training/sweeps/{sweep}.json")
+    best = json.loads(best_file.read_text())
+    params = {k: float(f"{v:.3g}") if isinstance(v, float) else v for k, v in best["params"].items()}
+    recipe = apply_params(spec, best["space"], params)
+    return {k: v for k, v in recipe.items() if v != {}}  # no empty model_overrides
+
+
+def pretrain_command(dataset: str, variant: str, size: dict, output: Path, seed: int) -> list[str]:
+    spec = variant_recipe(variant)
     flags = {"model": f"{size['backbone']}-{spec.pop('head')}", "dataset": dataset, "output-dir": str(output),
              "epochs": size["epochs"], "batch-size": size["batch_size"], "image-size": size["image_size"],
              "seed": seed, "lr": 2e-3, "warmup-epochs": 1, "knn-every": 1, "knn-train-samples": size["train_samples"],
@@ -166,7 +189,9 @@ def write_tables(results: dict, size: dict, command: str, seeds: list[int], out:
               f"(lower is better). Throughput is training images/s (two views per image count twice), wall-clock "
               f"over the whole run including per-epoch k-NN."), "",
              "Heads (recipe fields that differ; everything else is shared): " + "; ".join(
-                 f"**{name}** `{json.dumps(spec)}`" for name, spec in VARIANTS.items() if name in variants), ""]
+                 f"**{name}** `{json.dumps(variant_recipe(name))}`"
+                 + (f" (best trial of results/sweeps/{VARIANTS[name]['sweep']})" if "sweep" in VARIANTS[name] else "")
+                 for name in VARIANTS if name in variants), ""]
     for dataset, rows in results.items():
         summary = rows["summary"]
         lines += [f"## {dataset}", "", f"Raw-pixel 1-NN: {format_stat(summary['raw_pixel_knn1'])}", "",

@@ -24,7 +24,7 @@ from typing import Callable
 from .hub import atomic_write
 from .training import TrainConfig
 
-__all__ = ["SweepSpec", "suggest", "trial_config", "run_sweep", "write_report"]
+__all__ = ["SweepSpec", "suggest", "apply_params", "trial_config", "run_sweep", "write_report"]
 
 PARAM_TYPES = ("float", "int", "categorical")
 TARGETS = ("train", "model")
@@ -93,20 +93,23 @@ def suggest(trial, space: dict) -> dict:
     return values
 
 
+def apply_params(recipe: dict, space: dict, params: dict) -> dict:
+    """``recipe`` (TrainConfig fields) with ``params`` applied: recipe fields set, head settings (``"target":
+    "model"`` in ``space``) merged into ``model_overrides``. Returns a new dict; ``recipe`` is not modified."""
+    recipe = {**recipe, "model_overrides": dict(recipe.get("model_overrides", {}))}
+    for name, value in params.items():
+        if space[name].get("target", "train") == "model":
+            recipe["model_overrides"][name] = value
+        else:
+            recipe[name] = value
+    return recipe
+
+
 def trial_config(spec: SweepSpec, params: dict, output_dir: str | Path) -> TrainConfig:
     """The recipe of one trial: ``spec.base`` with ``params`` applied (head settings into ``model_overrides``)."""
-    base = dict(spec.base)
-    model_overrides = dict(base.pop("model_overrides", {}))
-    train_fields = {}
-    for name, value in params.items():
-        if spec.space[name].get("target", "train") == "model":
-            model_overrides[name] = value
-        else:
-            train_fields[name] = value
     # Trials are scored once at the end; per-run trackers, checkpoints and the untrained k-NN would only cost time.
     quiet = {"report_to": "", "checkpointing_steps": None, "knn_before_training": False}
-    return TrainConfig(**{**quiet, **base, **train_fields, "model_overrides": model_overrides,
-                          "output_dir": str(output_dir)})
+    return TrainConfig(**{**quiet, **apply_params(spec.base, spec.space, params), "output_dir": str(output_dir)})
 
 
 def run_sweep(spec: SweepSpec, out_dir: str | Path, n_trials: int | None = None,
@@ -182,7 +185,7 @@ def write_report(study, spec: SweepSpec, out_dir: str | Path, command: str | Non
     done = sorted((r for r in rows if r["value"] is not None), key=lambda r: -r["value"])
     if not done:
         raise ValueError(f"no finished trial in {out_dir / 'study.db'}: nothing to report")
-    best = {**done[0], "metric": spec.metric, "base": spec.base}
+    best = {**done[0], "metric": spec.metric, "base": spec.base, "space": spec.space}
     atomic_write(out_dir / "trials.json", (json.dumps(rows, indent=2) + "\n").encode())
     atomic_write(out_dir / "best.json", (json.dumps(best, indent=2) + "\n").encode())
     names = list(spec.space)

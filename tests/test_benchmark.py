@@ -52,6 +52,33 @@ def test_every_variant_gets_the_same_budget(benchmark, tmp_path):
     assert "no-knn-before-training" in commands["product"]
 
 
+def test_swept_variants_take_the_best_trial_of_their_sweep(benchmark, tmp_path, monkeypatch):
+    best = {"params": {"temperature": 0.036288738, "curvature": 0.2304205, "learn_curvature": True},
+            "space": {"temperature": {"type": "float", "low": 0.03, "high": 0.5},
+                      "curvature": {"type": "float", "low": 0.1, "high": 2, "target": "model"},
+                      "learn_curvature": {"type": "categorical", "choices": [True, False], "target": "model"}}}
+    (tmp_path / "lorentz-cifar10").mkdir()
+    (tmp_path / "lorentz-cifar10" / "best.json").write_text(json.dumps(best))
+    monkeypatch.setattr(benchmark, "SWEEP_RESULTS", tmp_path)
+    assert benchmark.variant_recipe("lorentz-swept") == {
+        "head": "lorentz", "temperature": 0.0363, "model_overrides": {"curvature": 0.23, "learn_curvature": True}}
+    flags = parse_flags(benchmark.pretrain_command("cifar10", "lorentz-swept", benchmark.CPU_SIZE, tmp_path, 0))
+    assert flags["temperature"] == "0.0363" and flags["model"] == "resnet10t-lorentz"
+    assert json.loads(flags["model-overrides"]) == {"curvature": 0.23, "learn_curvature": True}
+    with pytest.raises(SystemExit, match="training/sweep.py training/sweeps/euclidean-cifar10.json"):
+        benchmark.variant_recipe("euclidean-swept")  # no best.json there
+
+
+def test_committed_sweep_results_feed_the_swept_variants(benchmark):
+    for name, spec in benchmark.VARIANTS.items():
+        if "sweep" in spec:
+            best = json.loads((benchmark.SWEEP_RESULTS / spec["sweep"] / "best.json").read_text())
+            recipe = benchmark.variant_recipe(name)
+            for key, value in best["params"].items():
+                got = recipe["model_overrides"][key] if best["space"][key].get("target") == "model" else recipe[key]
+                assert got == pytest.approx(value, rel=5e-3)
+
+
 def test_summarize_matches_numpy(benchmark):
     runs = [{"knn1": 0.31, "knn20": 0.40, "name": "x"}, {"knn1": 0.35, "knn20": 0.42}, {"knn1": 0.30, "knn20": 0.47}]
     summary = benchmark.summarize(runs)
