@@ -6,7 +6,7 @@
 
 Speed: ``hybridzoo.evaluation.knn_topk`` (the search behind knn_classify / knn_accuracy) on random head outputs of
 the zoo's head presets — euclidean (cosine, 128 coordinates), lorentz (H¹²⁸, 129), hybrid (E⁶⁴ × H⁶⁴, 129) and
-product (E⁴⁸ × H⁴⁸ × S³², 130) — timed in interleaved rounds (the order rotates every round); a figure is the
+product (E⁴⁸ × H⁴⁸ × S³², 130), the last two also with the bounded search off ("-full") — timed in interleaved rounds (the order rotates every round); a figure is the
 median over rounds and a ratio the median of the per-round ratios to cosine (1.0 = as fast as cosine).
 
 Memory: one subprocess per geometry generates N points block by block into one preallocated tensor, then resets
@@ -34,10 +34,17 @@ from _rounds import round_order, write_json
 from hybridzoo.evaluation import knn_topk
 from hybridzoo.geometry import Euclidean, Lorentz, Product, Sphere
 
-GEOMETRIES = ("cosine", "lorentz", "hybrid", "product")
+#: "-full": the same geometry with the bounded product search switched off (knn_topk(..., bounded=False)).
+GEOMETRIES = ("cosine", "lorentz", "hybrid", "product", "hybrid-full", "product-full")
+
+
+def search(train, queries, name: str, geometry, k):
+    """knn_topk as the benchmark row ``name`` runs it."""
+    return knn_topk(train, queries, geometry, k, bounded=False if name.endswith("-full") else None)
 
 
 def make_geometry(name: str):
+    name = name.removesuffix("-full")
     return {"cosine": lambda: Euclidean(),
             "lorentz": lambda: Lorentz(curvature=1.0),
             "hybrid": lambda: Product([(Euclidean(), 64), (Lorentz(curvature=1.0), 64)]),
@@ -56,9 +63,9 @@ def make_points(geometry, n: int, dim: int, seed: int, chunk: int = 65536) -> to
     return out
 
 
-def time_search(train, queries, geometry, k) -> float:
+def time_search(train, queries, name, geometry, k) -> float:
     start = time.perf_counter()
-    knn_topk(train, queries, geometry, k)
+    search(train, queries, name, geometry, k)
     return time.perf_counter() - start
 
 
@@ -68,13 +75,13 @@ def speed(args) -> dict:
         geometry = make_geometry(name)
         data[name] = (geometry, make_points(geometry, args.n, args.dim, seed=0),
                       make_points(geometry, args.queries, args.dim, seed=1))
-        knn_topk(data[name][1][:4096], data[name][2][:64], geometry, max(args.ks))    # warm-up
+        search(data[name][1][:4096], data[name][2][:64], name, geometry, max(args.ks))    # warm-up
     times = {(name, k): [] for name in args.geometries for k in args.ks}
     for round_index in range(args.rounds):
         for k in args.ks:
             for name in round_order(args.geometries, round_index):
                 geometry, train, queries = data[name]
-                times[name, k].append(time_search(train, queries, geometry, k))
+                times[name, k].append(time_search(train, queries, name, geometry, k))
         print(f"round {round_index + 1}/{args.rounds}: " + "  ".join(
             f"{name} k={k} {times[name, k][-1]:.2f}s" for k in args.ks for name in args.geometries),
             file=sys.stderr, flush=True)
@@ -113,7 +120,7 @@ def memory_worker(args) -> None:
     seconds = {}
     for k in args.ks:
         start = time.perf_counter()
-        knn_topk(train, queries, geometry, k)
+        search(train, queries, args.memory_worker, geometry, k)
         seconds[k] = time.perf_counter() - start
     peak = _status_kib("VmHWM") if method.startswith("VmHWM") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"geometry": args.memory_worker, "n": args.memory_n, "queries": args.memory_queries,

@@ -550,7 +550,7 @@ def _check_inputs(train_points, query_points, k):
 @torch.no_grad()
 def knn_topk(train_points: torch.Tensor, query_points: torch.Tensor, geometry: Geometry, k: int = 1, *,
              dtype: torch.dtype | None = None, query_block: int = QUERY_BLOCK,
-             train_block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             train_block: int | None = None, bounded: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact k nearest training points of each query in ``geometry`` (see the module docstring).
 
     Args:
@@ -562,6 +562,8 @@ def knn_topk(train_points: torch.Tensor, query_points: torch.Tensor, geometry: G
         dtype: computation dtype (default fp32, float64 when the points are float64; half is raised to fp32).
         query_block: queries searched together (memory query_block · (k + P)).
         train_block: training points scored at a time (default 2048 on CPU, 32768 on accelerators).
+        bounded: product spaces only: the bounded search (None: when k ≤ ``BOUNDED_MAX_K``; True: for any k;
+            False: never, the full search). Either way the neighbours are exact.
 
     Returns:
         ``(similarity, indices)``, both (Q, k), nearest first: ``indices`` (int64) into ``train_points`` and the
@@ -574,7 +576,7 @@ def knn_topk(train_points: torch.Tensor, query_points: torch.Tensor, geometry: G
         return (torch.empty((0, k), dtype=_work_dtype(train_points, dtype), device=query_points.device),
                 torch.empty((0, k), dtype=torch.long, device=query_points.device))
     key = _ranking_key(geometry)
-    if isinstance(key, _ProductKey) and key.has_bounds and k <= BOUNDED_MAX_K:
+    if isinstance(key, _ProductKey) and key.has_bounds and (k <= BOUNDED_MAX_K if bounded is None else bounded):
         blocks = _bounded_product_search(train_points, query_points, key, k, dtype, query_block, train_block)
     else:
         blocks = _search_blocks(train_points, query_points, key, k, dtype, query_block, train_block)
@@ -602,8 +604,8 @@ class _BoundKey(_FlatKey):
         return super().similarity(self.bound_points(x), keys)        # -sqrt(lower bound of d²)
 
 
-#: Elements (rows × candidates × coordinates) of gathered candidate points held at once (64 MiB in fp32).
-_GATHER_ELEMENTS = 1 << 24
+#: Elements (rows × candidates × coordinates) of gathered candidate points held at once (16 MiB in fp32).
+_GATHER_ELEMENTS = 1 << 22
 
 
 def _bounded_candidates(k: int) -> int:

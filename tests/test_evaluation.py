@@ -295,11 +295,7 @@ def test_product_bound_vectors_never_exceed_the_distance(c, scale):
 
 
 def _full_product_search(train, queries, geometry, k, dtype):
-    from hybridzoo.evaluation import _search_blocks
-
-    blocks = _search_blocks(train, queries, _ranking_key(geometry), k, dtype, 4096, None)
-    sims, indices = zip(*blocks)
-    return torch.cat(sims), torch.cat(indices)
+    return knn_topk(train, queries, geometry, k, dtype=dtype, bounded=False)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -340,6 +336,10 @@ def test_bounded_product_search_equals_the_full_search(dtype, data, monkeypatch)
     redone.clear()
     assert torch.equal(knn_topk(train, queries, geometry, 5, dtype=dtype)[1], references[5][1])
     assert sum(redone) > 0
+    redone.clear()                                       # bounded=True: beyond BOUNDED_MAX_K too
+    k = evaluation.BOUNDED_MAX_K + 30
+    assert torch.equal(knn_topk(train, queries, geometry, k, dtype=dtype, bounded=True)[1],
+                       _full_product_search(train, queries, geometry, k, dtype)[1])
 
 
 def test_bounded_product_search_keeps_ties_on_the_smaller_index():
