@@ -1,6 +1,6 @@
 """The project's central benchmark: Euclidean vs Lorentz vs product vs hybrid heads at equal budget.
 
-    python eval/benchmark.py                 # CPU size (about 45 min on 2 quiet cores): resnet10t, 32 px, subsets
+    python eval/benchmark.py                 # CPU size (about 70 min on 2 quiet cores): resnet10t, 32 px, subsets
     python eval/benchmark.py --full          # the real size, for a GPU: resnet18, full train sets, 200 epochs
     python eval/benchmark.py --seeds 0 1 2   # repeat every run with three seeds; tables give mean ± std
 
