@@ -214,11 +214,13 @@ def plot_sweep(trials: Sequence[Mapping], space: Mapping[str, Mapping], metric: 
     best = max(scored, key=lambda t: t["value"]) if scored else None
     for ax, (name, param) in zip(axes[1:], space.items()):
         choices = list(param.get("choices", []))
-        xs = [choices.index(t["params"][name]) if choices else t["params"][name] for t in scored]
-        ax.scatter(xs, values, s=14)
-        if best is not None:
-            x_best = choices.index(best["params"][name]) if choices else best["params"][name]
-            ax.scatter([x_best], [best["value"]], s=60, facecolors="none", edgecolors="C3", label="best")
+
+        def position(trial, name=name, choices=choices):
+            return choices.index(trial["params"][name]) if choices else trial["params"][name]
+
+        ax.scatter([position(t) for t in scored], values, s=14)
+        if best is not None:                                   # the best trial circled
+            ax.scatter([position(best)], [best["value"]], s=60, facecolors="none", edgecolors="C3")
         if choices:
             ax.set_xticks(range(len(choices)), [str(c) for c in choices], fontsize=7)
             ax.set_xlim(-0.5, len(choices) - 0.5)

@@ -129,14 +129,11 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, n_trials: int | None = None,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = f"sqlite:///{out_dir / 'study.db'}"
+    study = optuna.create_study(study_name="sweep", storage=f"sqlite:///{out_dir / 'study.db'}", load_if_exists=True,
+                                direction="maximize")
     # A resumed sweep reseeds its sampler past the trials already drawn: the same seed would redraw the same
     # random start-up points.
-    resumed = 0
-    if (out_dir / "study.db").exists():
-        resumed = len(optuna.load_study(study_name="sweep", storage=storage).trials)
-    study = optuna.create_study(study_name="sweep", storage=storage, load_if_exists=True, direction="maximize",
-                                sampler=optuna.samplers.TPESampler(seed=spec.seed + resumed))
+    study.sampler = optuna.samplers.TPESampler(seed=spec.seed + len(study.trials))
     # Resuming with another recipe, space or metric would rank incomparable trials together.
     identity = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("n_trials", "description")}
     recorded = study.user_attrs.get("spec")
